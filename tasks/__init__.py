@@ -9,3 +9,13 @@ from ._base import (
     Task as Task,
     TaskBundle as TaskBundle,
 )
+from ._registry import (
+    available_tasks as available_tasks,
+    get_task as get_task,
+    load_task as load_task,
+    register_task as register_task,
+    TaskSpec as TaskSpec,
+)
+
+
+# Task modules register themselves on import (keep this list in sync with the files).

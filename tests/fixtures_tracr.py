@@ -1,0 +1,1 @@
+"""Session fixtures for the tracr tests (compile each program once per session)."""
