@@ -284,6 +284,21 @@ class Transformer(eqx.Module):
                     f"min {arr.min()} and max {arr.max()}. Check the tokenizer matches the model."
                 )
 
+    def check_token_batch(self, tokens, what: str = "tokens") -> None:
+        """Checks a `(batch, seq)` array of token ids (shape, dtype, range); `ValueError` else."""
+        arr = np.asarray(tokens)
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise ValueError(
+                f"Expected {what} as a non-empty (batch, seq) array of token ids, got shape "
+                f"{arr.shape}."
+            )
+        self.check_tokens(jnp.asarray(arr[0]))
+        if arr.min() < 0 or arr.max() >= self.cfg.d_vocab:
+            raise ValueError(
+                f"{what}: token ids must lie in [0, {self.cfg.d_vocab}) (the vocabulary size), "
+                f"got min {arr.min()} and max {arr.max()}. Check the tokenizer matches the model."
+            )
+
     def _check_sources(self, corrupted: Sources, seq: int) -> None:
         cfg, shape = self.cfg, self.graph_shape
         want = {
@@ -465,7 +480,7 @@ def corrupted_sources(
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2:
         raise ValueError(f"Expected a batch of token ids (batch, seq), got shape {tokens.shape}.")
-    model.check_tokens(tokens.reshape(-1)[: tokens.shape[1]])
+    model.check_token_batch(tokens, "corrupted tokens")
     return clean_run(model, tokens, positions)[1]
 
 
