@@ -27,6 +27,7 @@ skipped, which is how a dead head loses its q/k/v edges.
   positions the metric reads.
 """
 
+import collections
 import dataclasses
 import math
 import time
@@ -42,7 +43,9 @@ from ._graph import QKV, Graph, GraphShape, graph_of
 from ._patching import ablation_sources, metric_of_mask
 
 
-SCHEMA_VERSION = 1
+# Traces of the fast engine's compiled evaluator, by stage (a Python side effect runs only while
+# tracing): tests assert one compilation per input shape with it.
+TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +402,7 @@ def _record(graph, i, node, before, after, delta, removed, skipped) -> dict:
 def _eval_candidates(model, task, corrupted, prefix, vecs, stage: int, metric: str):
     """Metric of each candidate circuit (rows of `vecs`, per-edge 0/1 values), running the
     forward from `stage` on with the cached clean `prefix`."""
+    TRACE_COUNTS[(stage, vecs.shape)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
 

@@ -317,6 +317,21 @@ class Graph:
     ) -> EdgeMask:
         """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order). Invalid
         entries are set to `fill` (they are ignored by the forward pass anyway)."""
+        if isinstance(values, np.ndarray):
+            # Host path (no device dispatch per field): the reference engine builds one mask per
+            # forward pass this way.
+            if values.shape[-1:] != (len(self.edges),):
+                raise ValueError(
+                    f"Expected per-edge values with last axis {len(self.edges)} (this graph's "
+                    f"edge count), got shape {values.shape}."
+                )
+            batch = values.shape[:-1]
+            host = {}
+            for name, shp in field_shapes(self.shape).items():
+                base = np.full(batch + shp, fill, np.float32)
+                base[(Ellipsis,) + self._field_pos[name]] = values[..., self._field_ids[name]]
+                host[name] = base
+            return EdgeMask(**host)
         values = jnp.asarray(values)
         if values.shape[-1:] != (len(self.edges),):
             raise ValueError(

@@ -1,9 +1,6 @@
-import jax
 import jax.random as jr
 import pytest
 
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Session-scoped fixtures live in one module per area, so that parallel work never edits this
 # file: each area owns its `fixtures_*.py`.

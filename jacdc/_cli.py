@@ -1,0 +1,363 @@
+"""The `jacdc` command line.
+
+    jacdc tasks
+    jacdc discover TASK [--algorithm acdc] [--threshold T] [--zero-ablation] [--metric NAME]
+                        [--out DIR] [--weights PATH] [--dataset FILE] [--engine fast|reference]
+    jacdc sweep TASK --thresholds T [T ...] | --paper-thresholds  [same options]
+    jacdc roc TASK --algorithms acdc,sp,hisp,eap,eap-ig,edge-pruning [--zero-ablation]
+    jacdc draw RESULT.json
+
+Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+DEFAULT_THRESHOLD = 0.01
+ALGORITHMS = ("acdc", "sp", "hisp", "eap", "eap-ig", "edge-pruning")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jacdc", description="Automated circuit discovery for transformers, in JAX."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("tasks", help="list the tasks")
+
+    def common(sp):
+        sp.add_argument("task", help="task name (see `jacdc tasks`)")
+        sp.add_argument("--metric", help="metric to minimise (default: the task's)")
+        sp.add_argument("--zero-ablation", action="store_true",
+                        help="zero the residual writers instead of patching corrupted activations")
+        sp.add_argument("--out", help="output folder (default: runs/<task>-<settings>)")
+        sp.add_argument("--weights", help="model weights: a folder, file or hub id")
+        sp.add_argument("--dataset", help="your own clean/corrupted tokens (.npz or .json; "
+                        "keys clean, corrupted, optional corrupted_positions, logit_positions, "
+                        "weights)")
+        sp.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+        sp.add_argument("--engine", choices=("fast", "reference"), default="fast")
+        sp.add_argument("--abs-value", action="store_true",
+                        help="remove an edge iff |metric change| < threshold")
+        sp.add_argument("--candidates", type=int, default=None,
+                        help="fast engine: circuits evaluated per device call (default: auto)")
+        sp.add_argument("--fresh", action="store_true",
+                        help="ignore a checkpoint in the output folder and start over")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("discover", help="find a circuit")
+    common(d)
+    d.add_argument("--algorithm", choices=ALGORITHMS, default="acdc")
+    d.add_argument("--threshold", type=float, default=None,
+                   help=f"ACDC threshold tau (default {DEFAULT_THRESHOLD})")
+    s = sub.add_parser("sweep", help="ACDC at several thresholds (one lock-step batch)")
+    common(s)
+    group = s.add_mutually_exclusive_group(required=True)
+    group.add_argument("--thresholds", type=float, nargs="+")
+    group.add_argument("--paper-thresholds", action="store_true",
+                       help="10^linspace(-5, -1, 21), the paper's tracr grid")
+    r = sub.add_parser("roc", help="ROC/AUC of algorithms against the canonical circuit")
+    r.add_argument("task")
+    r.add_argument("--algorithms", default="acdc,sp,hisp",
+                   help="comma-separated: " + ",".join(ALGORITHMS))
+    r.add_argument("--zero-ablation", action="store_true")
+    r.add_argument("--metric")
+    r.add_argument("--weights")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out")
+    dr = sub.add_parser("draw", help="render a result's circuit (DOT, and SVG/PNG with Graphviz)")
+    dr.add_argument("result", help="a result .json")
+    dr.add_argument("--format", choices=("svg", "png", "dot"), default="svg")
+    return p
+
+
+def _load_bundle(args):
+    from jacdc import tasks
+
+    spec = tasks.get_task(args.task)
+    if spec.needs_weights and not getattr(args, "weights", None):
+        raise CLIError(
+            f"Task {args.task!r} needs model weights: pass --weights PATH (a local checkpoint "
+            "folder/file) or a hub id when online; `--weights random` gives a random-weight "
+            "model for trying the pipeline."
+        )
+    return tasks.load_task(args.task, weights=getattr(args, "weights", None), seed=args.seed)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="edge", file=sys.stderr, dynamic_ncols=True)
+
+    def update(tested: int, removed: int, metric: float):
+        bar.n = min(tested, total)
+        bar.set_postfix(removed=removed, metric=f"{metric:.4g}", refresh=False)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _run_id(args, thresholds) -> dict:
+    dataset_hash = None
+    if args.dataset:
+        path = Path(args.dataset)
+        if path.exists():
+            dataset_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {
+        "task": args.task, "thresholds": list(thresholds), "metric": args.metric,
+        "zero_ablation": args.zero_ablation, "abs_value": args.abs_value, "seed": args.seed,
+        "weights": args.weights, "dataset_sha256": dataset_hash, "engine": args.engine,
+    }
+
+
+def _acdc_runs(args, thresholds, out_dir: Path):
+    """Runs ACDC at `thresholds`, resuming from `out_dir/checkpoint.json` when it matches."""
+    import jacdc
+    from jacdc._dataset import task_from_dataset
+    from jacdc._results import atomic_write_json
+
+    bundle = _load_bundle(args)
+    task = task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
+    metric = args.metric or bundle.default_metric
+    if metric not in task.metrics:
+        raise CLIError(
+            f"Unknown metric {metric!r} for task {args.task!r}; available: "
+            f"{', '.join(sorted(task.metrics))}."
+        )
+    args.metric = metric
+    run_id = _run_id(args, thresholds)
+    ckpt_path = out_dir / "checkpoint.json"
+    resume = None
+    if ckpt_path.exists() and not args.fresh:
+        saved = json.loads(ckpt_path.read_text())
+        if saved.get("run") != run_id:
+            raise CLIError(
+                f"{ckpt_path} belongs to a run with other settings; pass --fresh to start over "
+                "or choose another --out folder."
+            )
+        resume = saved["state"]
+        print(f"jacdc: resuming from {ckpt_path} (node {resume['next_node']})", file=sys.stderr)
+
+    def checkpoint(state):
+        atomic_write_json(ckpt_path, {"run": run_id, "state": state})
+
+    total = len(jacdc.graph_of(bundle.model.graph_shape)) * len(thresholds)
+    progress, close = _progress_bar(not args.no_progress, total, f"ACDC {args.task}")
+    start = time.perf_counter()
+    try:
+        kwargs = {}
+        if args.engine == "fast":
+            kwargs = {"checkpoint": checkpoint, "resume": resume}
+            if args.candidates:
+                kwargs["candidates"] = args.candidates
+        results = jacdc.acdc_sweep(
+            bundle.model, task, thresholds, metric=metric, zero_ablation=args.zero_ablation,
+            abs_value=args.abs_value, engine=args.engine, progress=progress, **kwargs,
+        )
+    finally:
+        close()
+    wall = time.perf_counter() - start
+    return bundle, task, results, wall, ckpt_path
+
+
+def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: float):
+    import jacdc
+    from jacdc._patching import ablation_sources, metric_of_mask
+    from jacdc._results import write_result
+
+    graph = result.graph
+    scores = np.full(len(graph), np.nan)
+    for rec in result.log:
+        if not rec["skipped"]:
+            scores[rec["edge"]] = rec["delta"]
+    metrics = {"validation": {result.metric_name: result.metric,
+                              "full_model": result.initial_metric}}
+    if not args.dataset:  # the test split, with every metric of the task
+        corrupted = ablation_sources(bundle.model, bundle.test, args.zero_ablation)
+        mask = result.mask
+        metrics["test"] = {
+            name: float(metric_of_mask(bundle.model, bundle.test, mask, corrupted, name))
+            for name in bundle.test.metrics
+        }
+    paths = write_result(
+        out_dir,
+        algorithm="acdc",
+        task=bundle.name,
+        model_config=bundle.model.cfg,
+        graph=graph,
+        present=result.present,
+        hyperparameters={
+            "threshold": result.threshold, "metric": result.metric_name,
+            "zero_ablation": result.zero_ablation, "abs_value": result.abs_value,
+            "engine": result.engine, "dataset": args.dataset, "weights": args.weights,
+        },
+        metrics=metrics,
+        seed=args.seed,
+        scores=scores,
+        steps=result.log,
+        timing={"wall_time_s": wall, "n_tests": result.n_tests,
+                "n_forward": result.n_forward, "n_device_calls": result.n_calls},
+        stem=stem,
+    )
+    del jacdc
+    return paths
+
+
+def _default_out(args, suffix: str) -> Path:
+    ablation = "zero" if args.zero_ablation else "corrupted"
+    return Path("runs") / f"{args.task}-{suffix}-{args.metric or 'default'}-{ablation}"
+
+
+def cmd_tasks(args) -> int:
+    from jacdc import tasks
+
+    names = tasks.available_tasks()
+    width = max((len(n) for n in names), default=4)
+    for name in names:
+        spec = tasks.get_task(name)
+        weights = "  [needs --weights]" if spec.needs_weights else ""
+        print(f"{name:<{width}}  {spec.description}{weights}")
+        print(f"{'':<{width}}  metrics: {', '.join(spec.metrics)} (default {spec.default_metric})")
+    return 0
+
+
+def cmd_discover(args) -> int:
+    if args.algorithm != "acdc":
+        return _discover_other(args)
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    out_dir = Path(args.out) if args.out else _default_out(args, f"acdc-tau{threshold:g}")
+    bundle, task, results, wall, ckpt = _acdc_runs(args, [threshold], out_dir)
+    result = results[0]
+    paths = _write_acdc(bundle, task, result, args, out_dir, "result", wall)
+    if ckpt.exists():
+        ckpt.unlink()
+    print(
+        f"{bundle.name}: {result.n_edges} of {len(result.graph)} edges kept at tau={threshold:g} "
+        f"({result.metric_name} {result.initial_metric:.4g} -> {result.metric:.4g}); "
+        f"{result.n_tests} edges tested in {wall:.1f} s."
+    )
+    for name in result.present_names:
+        print(f"  {name}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from jacdc._results import atomic_write_json
+
+    if args.paper_thresholds:
+        thresholds = [float(t) for t in 10.0 ** np.linspace(-5, -1, 21)]
+    else:
+        thresholds = args.thresholds
+    out_dir = Path(args.out) if args.out else _default_out(args, "acdc-sweep")
+    bundle, task, results, wall, ckpt = _acdc_runs(args, thresholds, out_dir)
+    summary = []
+    for r in results:
+        stem = f"tau{r.threshold:.3e}"
+        _write_acdc(bundle, task, r, args, out_dir, stem, wall)
+        summary.append({"threshold": r.threshold, "n_edges": r.n_edges, "metric": r.metric,
+                        "n_tests": r.n_tests, "result": f"{stem}.json"})
+        print(f"tau={r.threshold:.3e}: {r.n_edges} edges, {r.metric_name} {r.metric:.4g}")
+    atomic_write_json(out_dir / "sweep.json", {"task": bundle.name, "wall_time_s": wall,
+                                               "runs": summary})
+    if ckpt.exists():
+        ckpt.unlink()
+    print(f"{len(results)} thresholds in {wall:.1f} s; wrote {out_dir}/sweep.json")
+    return 0
+
+
+def _discover_other(args) -> int:
+    try:
+        from jacdc import _roc_report
+    except ImportError as e:
+        raise CLIError(f"algorithm {args.algorithm!r} is not available in this build ({e}).")
+    bundle = _load_bundle(args)
+    out_dir = Path(args.out) if args.out else _default_out(args, args.algorithm)
+    paths = _roc_report.discover(bundle, args.algorithm, zero_ablation=args.zero_ablation,
+                                 metric=args.metric or bundle.default_metric, out_dir=out_dir,
+                                 seed=args.seed)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_roc(args) -> int:
+    from jacdc import _roc_report
+
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown or not algorithms:
+        raise CLIError(
+            f"Unknown algorithm(s) {unknown or args.algorithms!r}; choose from "
+            f"{', '.join(ALGORITHMS)}."
+        )
+    bundle = _load_bundle(args)
+    out_dir = Path(args.out) if args.out else Path("runs") / f"{args.task}-roc-" + (
+        "zero" if args.zero_ablation else "corrupted"
+    )
+    report = _roc_report.roc_report(bundle, algorithms, zero_ablation=args.zero_ablation,
+                                    metric=args.metric, out_dir=out_dir)
+    print(report.get("markdown", json.dumps(report, indent=1, default=str)))
+    return 0
+
+
+def cmd_draw(args) -> int:
+    import shutil
+    import subprocess
+
+    import jacdc
+    from jacdc._results import atomic_write_bytes, circuit_dot, read_result
+
+    doc = read_result(args.result)
+    shape = jacdc.GraphShape(**doc["graph"])
+    graph = jacdc.graph_of(shape)
+    present = np.zeros(len(graph), bool)
+    for e in doc["edges"]:
+        present[e["id"]] = e["present"]
+    dot = circuit_dot(graph, present, f"{doc['task']} {doc['algorithm']}")
+    stem = Path(args.result).with_suffix("")
+    if args.format == "dot" or not shutil.which("dot"):
+        atomic_write_bytes(f"{stem}.dot", dot.encode())
+        if args.format != "dot":
+            print("jacdc: Graphviz `dot` not found; wrote DOT only", file=sys.stderr)
+        print(f"wrote {stem}.dot")
+        return 0
+    out = subprocess.run(["dot", f"-T{args.format}"], input=dot.encode(), capture_output=True)
+    if out.returncode != 0:
+        raise CLIError(f"Graphviz failed: {out.stderr.decode().strip()}")
+    atomic_write_bytes(f"{stem}.{args.format}", out.stdout)
+    print(f"wrote {stem}.{args.format}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    commands = {"tasks": cmd_tasks, "discover": cmd_discover, "sweep": cmd_sweep,
+                "roc": cmd_roc, "draw": cmd_draw}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("jacdc: interrupted; rerun the same command to resume from the checkpoint",
+              file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, ImportError, OSError) as e:
+        message = " ".join(str(e).split())
+        print(f"jacdc: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+import equinox as eqx
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import jacdc
+from jacdc import _acdc
+from jacdc.models import Transformer, TransformerConfig
+from jacdc.tasks import AbstractMetric, Task, kl_metric
+
+
+CONFIGS = {
+    "gpt2-like": TransformerConfig(
+        n_layers=2, n_heads=3, d_model=16, d_head=4, d_mlp=32, d_vocab=11, n_ctx=8
+    ),
+    "attn-only": TransformerConfig(
+        n_layers=2, n_heads=4, d_model=16, d_head=4, d_mlp=None, d_vocab=11, n_ctx=8,
+        positional="shortformer",
+    ),
+    "tracr-like": TransformerConfig(
+        n_layers=3, n_heads=1, d_model=16, d_head=4, d_mlp=8, d_vocab=5, n_ctx=6,
+        d_vocab_out=3, act_fn="relu", normalization="none", positional="separate", causal=False,
+    ),
+}
+THRESHOLDS = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+
+
+def make_task(cfg, key=1, batch=6, seq=5):
+    model = Transformer(cfg, key=jr.key(key))
+    rng = np.random.default_rng(key)
+    tokens = jnp.asarray(rng.integers(0, cfg.d_vocab, (batch, seq)), jnp.int32)
+    positions = jnp.array([seq - 2, seq - 1])
+    task = Task(
+        clean=tokens,
+        corrupted=tokens[::-1],
+        corrupted_positions=None,
+        logit_positions=positions,
+        metrics={"kl_div": kl_metric(model, tokens, positions)},
+    )
+    return model, task
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("zero_ablation", [False, True])
+def test_fast_engine_equals_reference(arch, zero_ablation):
+    model, task = make_task(CONFIGS[arch])
+    ref = jacdc.acdc_sweep(
+        model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
+    )
+    fast = jacdc.acdc_sweep(model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation)
+    sizes = set()
+    for r, f in zip(ref, fast):
+        assert r.decisions == f.decisions
+        np.testing.assert_array_equal(r.present, f.present)
+        assert r.n_tests == f.n_tests
+        assert abs(r.metric - f.metric) < 1e-6
+        sizes.add(r.n_edges)
+    # The thresholds must actually produce different circuits, or the test proves little.
+    assert len(sizes) >= 3
+
+
+@pytest.mark.parametrize("candidates", [1, 3, 64])
+def test_fast_engine_independent_of_lane_count(candidates):
+    model, task = make_task(CONFIGS["gpt2-like"], key=3)
+    ref = jacdc.acdc(model, task, 3e-3, metric="kl_div", engine="reference")
+    fast = jacdc.acdc(model, task, 3e-3, metric="kl_div", candidates=candidates)
+    assert ref.decisions == fast.decisions
+
+
+def test_abs_value_rule():
+    model, task = make_task(CONFIGS["gpt2-like"], key=4)
+    ref = jacdc.acdc(model, task, 2e-3, metric="kl_div", abs_value=True, engine="reference")
+    fast = jacdc.acdc(model, task, 2e-3, metric="kl_div", abs_value=True)
+    plain = jacdc.acdc(model, task, 2e-3, metric="kl_div")
+    assert ref.decisions == fast.decisions
+    for rec in ref.log:
+        if not rec["skipped"]:
+            assert rec["delta"] >= 0
+            assert rec["removed"] == (rec["delta"] < 2e-3)
+    # |delta| removes no more than delta does: a metric decrease is not free any more.
+    assert ref.n_edges >= plain.n_edges
+
+
+def test_decision_rule_in_log():
+    """Each test compares against the *current* circuit's metric with a strict `<`."""
+    model, task = make_task(CONFIGS["attn-only"], key=5)
+    tau = 1e-3
+    result = jacdc.acdc(model, task, tau, metric="kl_div", engine="reference")
+    current = result.initial_metric
+    for rec in result.log:
+        if rec["skipped"]:
+            continue
+        assert rec["before"] == pytest.approx(current, abs=1e-9)
+        assert rec["removed"] == (rec["after"] - rec["before"] < tau)
+        if rec["removed"]:
+            current = rec["after"]
+    assert result.metric == pytest.approx(current, abs=1e-7)
+
+
+def test_node_and_sender_order():
+    shape = jacdc.GraphShape(n_layers=2, n_heads=3, has_mlp=True, n_embed=2)
+    nodes = jacdc.acdc_nodes(shape)
+    names = [n.name for n in nodes]
+    assert names[:7] == [
+        "blocks.1.hook_resid_post",
+        "blocks.1.hook_mlp_out",
+        "blocks.1.hook_mlp_in",
+        "blocks.1.attn.hook_result[2]",
+        "blocks.1.attn.hook_result[1]",
+        "blocks.1.attn.hook_result[0]",
+        "blocks.1.attn.hook_v[2]",
+    ]
+    assert names.index("blocks.1.attn.hook_q[0]") < names.index("blocks.1.hook_v_input[2]")
+    assert names[-1] == "blocks.0.hook_q_input[0]"
+    graph = jacdc.graph_of(shape)
+    q_in = next(n for n in nodes if n.name == "blocks.1.hook_q_input[1]")
+    senders = [graph.names[i].split(" <- ")[1] for i in q_in.incoming]
+    assert senders == [
+        "blocks.0.hook_mlp_out",
+        "blocks.0.attn.hook_result[2]",
+        "blocks.0.attn.hook_result[1]",
+        "blocks.0.attn.hook_result[0]",
+        "hook_embed",
+        "hook_pos_embed",
+    ]
+    assert q_in.groups == (
+        (q_in.incoming[0],), q_in.incoming[1:4], (q_in.incoming[4],), (q_in.incoming[5],)
+    )
+    mlp_in = next(n for n in nodes if n.name == "blocks.1.hook_mlp_in")
+    first = graph.names[mlp_in.incoming[0]].split(" <- ")[1]
+    assert first == "blocks.1.attn.hook_result[2]"  # a head feeds its own layer's MLP
+    tested = sorted(i for n in nodes for i in n.incoming)
+    assert tested == list(range(len(graph)))  # every counted edge is tested exactly once
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("zero_ablation", [False, True])
+def test_full_circuit_has_zero_kl(arch, zero_ablation):
+    model, task = make_task(CONFIGS[arch])
+    corrupted = jacdc.ablation_sources(model, task, zero_ablation)
+    full = jacdc.EdgeMask.full(model.graph_shape)
+    assert float(jacdc.metric_of_mask(model, task, full, corrupted, "kl_div")) < 1e-6
+    empty = jacdc.EdgeMask.full(model.graph_shape, 0.0)
+    assert float(jacdc.metric_of_mask(model, task, empty, corrupted, "kl_div")) > 1e-4
+
+
+def test_one_compilation_per_input_shape():
+    model, task = make_task(CONFIGS["gpt2-like"], key=6)
+    _acdc.TRACE_COUNTS.clear()
+    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=8)
+    first = dict(_acdc.TRACE_COUNTS)
+    assert first and all(count == 1 for count in first.values())
+    stages = {stage for stage, _ in first}
+    assert stages <= set(range(2 * model.cfg.n_layers + 1))
+    # Other thresholds, the other ablation, new token values: nothing is traced again.
+    other = eqx.tree_at(lambda t: t.corrupted, task, task.corrupted[::-1])
+    jacdc.acdc_sweep(model, other, [5e-3, 2e-2], metric="kl_div", zero_ablation=True,
+                     candidates=8)
+    assert dict(_acdc.TRACE_COUNTS) == first
+
+
+class _NaNAfterRemoval(AbstractMetric):
+    inner: AbstractMetric
+
+    def per_example(self, logits):
+        return self.inner.per_example(logits)
+
+    def __call__(self, logits):
+        value = self.inner(logits)
+        return jnp.where(value > 1e-7, jnp.nan, value)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_nan_metric_names_edge_and_step(engine):
+    model, task = make_task(CONFIGS["gpt2-like"])
+    task = eqx.tree_at(lambda t: t.metrics, task, {"bad": _NaNAfterRemoval(task.metrics["kl_div"])})
+    with pytest.raises(ValueError, match=r"metric is nan after removing edge 'blocks.1.hook_resid_post <- .*test 1"):
+        jacdc.acdc(model, task, 0.01, metric="bad", engine=engine)
+
+
+def test_bad_input():
+    model, task = make_task(CONFIGS["gpt2-like"])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        jacdc.acdc(model, task, -0.1, metric="kl_div")
+    with pytest.raises(ValueError, match="No thresholds"):
+        jacdc.acdc_sweep(model, task, [], metric="kl_div")
+    with pytest.raises(ValueError, match="Unknown metric 'logit_diff'.*kl_div"):
+        jacdc.acdc(model, task, 0.1, metric="logit_diff")
+    with pytest.raises(ValueError, match="same shape"):
+        Task(clean=task.clean, corrupted=task.clean[:, :3], corrupted_positions=None,
+             logit_positions=task.logit_positions, metrics=task.metrics)
+    with pytest.raises(ValueError, match="non-empty"):
+        Task(clean=task.clean[:0], corrupted=task.clean[:0], corrupted_positions=None,
+             logit_positions=task.logit_positions, metrics=task.metrics)
+    bad = eqx.tree_at(lambda t: t.clean, task, task.clean.at[0, 0].set(99))
+    with pytest.raises(ValueError, match=r"\[0, 11\)"):
+        jacdc.acdc(model, bad, 0.1, metric="kl_div")
+    with pytest.raises(ValueError, match="engine"):
+        jacdc.acdc(model, task, 0.1, metric="kl_div", engine="turbo")
+
+
+def test_interrupted_run_resumes_to_the_same_result():
+    model, task = make_task(CONFIGS["gpt2-like"], key=7)
+    taus = [1e-3, 1e-2]
+    whole = jacdc.acdc_sweep(model, task, taus, metric="kl_div")
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        jacdc.acdc_sweep(model, task, taus, metric="kl_div", checkpoint=saved.append,
+                         stop_after_nodes=5)
+    assert len(saved) == 5
+    import json
+
+    state = json.loads(json.dumps(saved[-1]))  # what the CLI writes to disk
+    resumed = jacdc.acdc_sweep(model, task, taus, metric="kl_div", resume=state)
+    for w, r in zip(whole, resumed):
+        assert w.decisions == r.decisions
+        np.testing.assert_array_equal(w.present, r.present)
+        assert w.metric == r.metric
+
+
+def test_result_mask_round_trip():
+    model, task = make_task(CONFIGS["tracr-like"])
+    result = jacdc.acdc(model, task, 1e-2, metric="kl_div")
+    graph = result.graph
+    assert graph.edges_from_mask(result.mask) == result.present_ids
+    corrupted = jacdc.ablation_sources(model, task, False)
+    value = float(jacdc.metric_of_mask(model, task, result.mask, corrupted, "kl_div"))
+    assert value == pytest.approx(result.metric, abs=1e-6)
+
