@@ -423,16 +423,29 @@ def _clean_prefix_sources(model, tokens):
     return clean_run(model, tokens)[1].resid
 
 
+def forward_flops(model, task) -> float:
+    """Approximate FLOPs of one masked forward of the task's clean batch (weights, per-receiver
+    mixing of sources, attention, and the unembedding at the metric positions)."""
+    cfg, shape = model.cfg, model.graph_shape
+    tokens = task.batch * task.seq
+    weights = cfg.n_layers * (
+        4 * cfg.n_heads * cfg.d_head * cfg.d_model + 2 * (cfg.d_mlp or 0) * cfg.d_model
+    )
+    mixing = sum(
+        3 * cfg.n_heads * shape.n_src_before_layer(layer) * 2 * cfg.d_model
+        for layer in range(cfg.n_layers)
+    ) + (shape.n_src * 2 * cfg.d_model)
+    attention = cfg.n_layers * cfg.n_heads * 2 * task.seq * cfg.d_head
+    unembed = task.batch * int(np.asarray(task.logit_positions).size) * cfg.d_model * cfg.vocab_out
+    return float(2 * tokens * (weights + mixing + attention) + 2 * unembed)
+
+
 def auto_candidates(model, task, n_states: int) -> int:
     """Lanes per device call: enough to fill the device, few enough not to waste compute.
 
     On CPU a big forward is compute-bound, so speculation only wastes work: one candidate per
     state. Small models (tracr) are overhead-bound: 16 candidates per state."""
-    cfg = model.cfg
-    tokens = task.batch * task.seq
-    flops = 2 * tokens * (
-        cfg.n_layers * (4 * cfg.n_heads * cfg.d_head * cfg.d_model + 2 * (cfg.d_mlp or 0) * cfg.d_model)
-    ) + 2 * task.batch * int(np.asarray(task.logit_positions).size) * cfg.d_model * cfg.vocab_out
+    flops = forward_flops(model, task)
     if jax.default_backend() == "cpu":
         per_state = 1 if flops > 2e8 else (4 if flops > 2e7 else 16)
     else:
@@ -472,7 +485,7 @@ class _Lanes:
 def _fast_sweep(
     model, task, thresholds, *, metric, zero_ablation, abs_value, corrupted, n_lanes, progress,
     checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-    stop_after_nodes: int | None = None,
+    stop_after_nodes: int | None = None, suffix: bool = True,
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
@@ -480,8 +493,10 @@ def _fast_sweep(
     S = len(thresholds)
     lanes = _Lanes(model, task, corrupted, metric, n_lanes)
     circuits = [_Circuit(shape, graph) for _ in range(S)]
-    initial = float(metric_of_mask(model, task, graph.from_vector(np.ones(len(graph), np.float32)),
-                                   corrupted, metric))
+    # The full model's metric, through the same compiled evaluator the run uses.
+    initial = float(lanes.evaluate(2 * shape.n_layers if suffix else 0,
+                                   np.ones((n_lanes, len(graph)), np.float32), 1)[0])
+    lanes.n_calls, lanes.n_evals = 0, 0
     _check_finite(initial, "for the full model (no edge removed)")
     curs = [initial] * S
     logs: list[list[dict]] = [[] for _ in range(S)]
@@ -526,7 +541,7 @@ def _fast_sweep(
                 plan.append((s, lane, k))
                 lane += k
             vecs[lane:] = vecs[0] if lane > 0 else 1.0
-            values = lanes.evaluate(node.stage, vecs, lane)
+            values = lanes.evaluate(node.stage if suffix else 0, vecs, lane)
             for s, offset, k in plan:
                 for j in range(k):
                     i = incoming[pos[s]]
@@ -607,6 +622,7 @@ def acdc_sweep(
     abs_value: bool = False,
     engine: Literal["fast", "reference"] = "fast",
     candidates: int | Literal["auto"] = "auto",
+    suffix: bool | Literal["auto"] = "auto",
     progress: Callable[[int, int, float], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
@@ -625,6 +641,9 @@ def acdc_sweep(
     - `abs_value`: compare `|new - current|` with the threshold.
     - `engine`: `"fast"` or `"reference"`.
     - `candidates`: device lanes per call for the fast engine (`"auto"` by backend and size).
+    - `suffix`: fast engine: restart the forward at the tested receiver's stage (one compiled
+      function per stage). `"auto"` turns it off for models so small that compiling one
+      function per stage costs more than it saves (tracr); the decisions are the same.
     - `progress`: called as `progress(tested, removed, current_metric)`.
     - `checkpoint`: called with a JSON-serialisable state after every node (fast engine);
       pass it back as `resume` to continue a killed run.
@@ -649,10 +668,13 @@ def acdc_sweep(
     n_lanes = auto_candidates(model, task, len(thresholds)) if candidates == "auto" else candidates
     if not isinstance(n_lanes, int) or n_lanes < 1:
         raise ValueError(f"candidates must be a positive int or 'auto', got {candidates!r}.")
+    if suffix == "auto":
+        suffix = forward_flops(model, task) > 5e7
     return _fast_sweep(
         model, task, thresholds, metric=metric, zero_ablation=zero_ablation,
         abs_value=abs_value, corrupted=corrupted, n_lanes=n_lanes, progress=progress,
         checkpoint=checkpoint, resume=resume, stop_after_nodes=stop_after_nodes,
+        suffix=bool(suffix),
     )
 
 

@@ -49,14 +49,17 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
     ref = jacdc.acdc_sweep(
         model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
     )
-    fast = jacdc.acdc_sweep(model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation)
     sizes = set()
-    for r, f in zip(ref, fast):
-        assert r.decisions == f.decisions
-        np.testing.assert_array_equal(r.present, f.present)
-        assert r.n_tests == f.n_tests
-        assert abs(r.metric - f.metric) < 1e-6
-        sizes.add(r.n_edges)
+    for suffix in (True, False):
+        fast = jacdc.acdc_sweep(
+            model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, suffix=suffix
+        )
+        for r, f in zip(ref, fast):
+            assert r.decisions == f.decisions
+            np.testing.assert_array_equal(r.present, f.present)
+            assert r.n_tests == f.n_tests
+            assert abs(r.metric - f.metric) < 1e-6
+            sizes.add(r.n_edges)
     # The thresholds must actually produce different circuits, or the test proves little.
     assert len(sizes) >= 3
 
@@ -65,7 +68,7 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
 def test_fast_engine_independent_of_lane_count(candidates):
     model, task = make_task(CONFIGS["gpt2-like"], key=3)
     ref = jacdc.acdc(model, task, 3e-3, metric="kl_div", engine="reference")
-    fast = jacdc.acdc(model, task, 3e-3, metric="kl_div", candidates=candidates)
+    fast = jacdc.acdc(model, task, 3e-3, metric="kl_div", candidates=candidates, suffix=True)
     assert ref.decisions == fast.decisions
 
 
@@ -149,7 +152,7 @@ def test_full_circuit_has_zero_kl(arch, zero_ablation):
 def test_one_compilation_per_input_shape():
     model, task = make_task(CONFIGS["gpt2-like"], key=6)
     _acdc.TRACE_COUNTS.clear()
-    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=8)
+    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=8, suffix=True)
     first = dict(_acdc.TRACE_COUNTS)
     assert first and all(count == 1 for count in first.values())
     stages = {stage for stage, _ in first}
@@ -157,7 +160,7 @@ def test_one_compilation_per_input_shape():
     # Other thresholds, the other ablation, new token values: nothing is traced again.
     other = eqx.tree_at(lambda t: t.corrupted, task, task.corrupted[::-1])
     jacdc.acdc_sweep(model, other, [5e-3, 2e-2], metric="kl_div", zero_ablation=True,
-                     candidates=8)
+                     candidates=8, suffix=True)
     assert dict(_acdc.TRACE_COUNTS) == first
 
 
@@ -204,16 +207,16 @@ def test_bad_input():
 def test_interrupted_run_resumes_to_the_same_result():
     model, task = make_task(CONFIGS["gpt2-like"], key=7)
     taus = [1e-3, 1e-2]
-    whole = jacdc.acdc_sweep(model, task, taus, metric="kl_div")
+    whole = jacdc.acdc_sweep(model, task, taus, metric="kl_div", suffix=True)
     saved = []
     with pytest.raises(KeyboardInterrupt):
         jacdc.acdc_sweep(model, task, taus, metric="kl_div", checkpoint=saved.append,
-                         stop_after_nodes=5)
+                         stop_after_nodes=5, suffix=True)
     assert len(saved) == 5
     import json
 
     state = json.loads(json.dumps(saved[-1]))  # what the CLI writes to disk
-    resumed = jacdc.acdc_sweep(model, task, taus, metric="kl_div", resume=state)
+    resumed = jacdc.acdc_sweep(model, task, taus, metric="kl_div", resume=state, suffix=True)
     for w, r in zip(whole, resumed):
         assert w.decisions == r.decisions
         np.testing.assert_array_equal(w.present, r.present)
