@@ -310,7 +310,7 @@ def _validate(model, task, thresholds, metric):
 
 def _reference_run(
     model, task, threshold, *, metric, zero_ablation, abs_value, corrupted, progress,
-    check=None, resume=None,
+    max_tests=None,
 ) -> ACDCResult:
     shape = model.graph_shape
     graph = graph_of(shape)
@@ -345,6 +345,8 @@ def _reference_run(
             continue
         for group in node.groups:
             for i in group:
+                if max_tests is not None and n_tests >= max_tests:
+                    break
                 trial = circuit.present.copy()
                 trial[i] = False
                 new = evaluate(trial)
@@ -362,6 +364,8 @@ def _reference_run(
                     progress(n_tests, int((~circuit.present).sum()), cur)
             cur = evaluate(circuit.present)  # refresh after each sender hook name
         cur = evaluate(circuit.present)  # end of step
+        if max_tests is not None and n_tests >= max_tests:
+            break
     return ACDCResult(
         present=circuit.present.copy(),
         threshold=float(threshold),
@@ -450,7 +454,8 @@ def auto_candidates(model, task, n_states: int) -> int:
         per_state = 1 if flops > 2e8 else (4 if flops > 2e7 else 16)
     else:
         per_state = 8 if flops > 5e10 else 16
-    return max(1, per_state * n_states)
+    # Identical states share candidates, so a sweep rarely needs a full set per threshold.
+    return max(1, per_state * min(n_states, 4))
 
 
 class _Lanes:
@@ -465,6 +470,9 @@ class _Lanes:
         self.n_evals = 0
 
     def prefix(self, stage: int):
+        if stage == 0:  # nothing precedes the embeddings: no clean run needed
+            task, d = self.task, self.model.cfg.d_model
+            return jnp.zeros((task.batch, 0, task.seq, d), jnp.float32)
         if stage not in self._prefix:
             if self._clean is None:
                 self._clean = _clean_prefix_sources(self.model, self.task.clean)
@@ -485,7 +493,7 @@ class _Lanes:
 def _fast_sweep(
     model, task, thresholds, *, metric, zero_ablation, abs_value, corrupted, n_lanes, progress,
     checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-    stop_after_nodes: int | None = None, suffix: bool = True,
+    stop_after_nodes: int | None = None, suffix: bool = True, max_tests: int | None = None,
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
@@ -515,6 +523,8 @@ def _fast_sweep(
     for node_index in range(first_node, len(nodes)):
         node = nodes[node_index]
         incoming = node.incoming
+        if max_tests is not None and min(n_tests) >= max_tests:
+            break
         pos = [0] * S
         for s in range(S):
             if node.kind != "resid_post" and not circuits[s].has_children(node):
@@ -522,47 +532,63 @@ def _fast_sweep(
                     logs[s].append(_record(graph, i, node, curs[s], curs[s], 0.0, True, True))
                 pos[s] = len(incoming)
         while True:
-            active = [s for s in range(S) if pos[s] < len(incoming)]
+            active = [
+                s for s in range(S)
+                if pos[s] < len(incoming) and (max_tests is None or n_tests[s] < max_tests)
+            ]
             if not active:
                 break
-            per = max(1, lanes.n_lanes // len(active))
-            vecs = np.empty((lanes.n_lanes, len(graph)), np.float32)
-            plan = []  # (state, lane offset, count)
-            lane = 0
+            # States at the same point with the same circuit (common in sweeps: many
+            # thresholds agree) share their candidates.
+            groups: dict[tuple, list[int]] = {}
             for s in active:
-                k = min(per, len(incoming) - pos[s], lanes.n_lanes - lane)
+                groups.setdefault((pos[s], circuits[s].present.tobytes()), []).append(s)
+            per = max(1, lanes.n_lanes // len(groups))
+            vecs = np.empty((lanes.n_lanes, len(graph)), np.float32)
+            plan = []  # (states, lane offset, count)
+            lane = 0
+            for members in groups.values():
+                first = members[0]
+                budget = min(
+                    len(incoming) if max_tests is None else max_tests - n_tests[s]
+                    for s in members
+                )
+                k = min(per, len(incoming) - pos[first], lanes.n_lanes - lane, budget)
                 if k <= 0:
                     continue
-                base = circuits[s].present.astype(np.float32)
+                base = circuits[first].present.astype(np.float32)
                 for j in range(1, k + 1):
                     vec = base.copy()
-                    vec[list(incoming[pos[s] : pos[s] + j])] = 0.0
+                    vec[list(incoming[pos[first] : pos[first] + j])] = 0.0
                     vecs[lane + j - 1] = vec
-                plan.append((s, lane, k))
+                plan.append((members, lane, k))
                 lane += k
             vecs[lane:] = vecs[0] if lane > 0 else 1.0
             values = lanes.evaluate(node.stage if suffix else 0, vecs, lane)
-            for s, offset, k in plan:
-                for j in range(k):
-                    i = incoming[pos[s]]
-                    new = float(values[offset + j])
-                    n_tests[s] += 1
-                    _check_finite(
-                        new,
-                        f"after removing edge {graph.names[i]!r} (test {n_tests[s]}, "
-                        f"threshold {thresholds[s]})",
-                    )
-                    delta = new - curs[s]
-                    if abs_value:
-                        delta = abs(delta)
-                    removed = bool(delta < thresholds[s])
-                    logs[s].append(_record(graph, i, node, curs[s], new, delta, removed, False))
-                    pos[s] += 1
-                    if removed:
-                        circuits[s].present[i] = False
-                        curs[s] = new
-                    else:
-                        break  # later candidates assumed this edge removed: re-plan
+            for members, offset, k in plan:
+                for s in members:
+                    for j in range(k):
+                        i = incoming[pos[s]]
+                        new = float(values[offset + j])
+                        n_tests[s] += 1
+                        _check_finite(
+                            new,
+                            f"after removing edge {graph.names[i]!r} (test {n_tests[s]}, "
+                            f"threshold {thresholds[s]})",
+                        )
+                        delta = new - curs[s]
+                        if abs_value:
+                            delta = abs(delta)
+                        removed = bool(delta < thresholds[s])
+                        logs[s].append(
+                            _record(graph, i, node, curs[s], new, delta, removed, False)
+                        )
+                        pos[s] += 1
+                        if removed:
+                            circuits[s].present[i] = False
+                            curs[s] = new
+                        else:
+                            break  # later candidates assumed this edge removed: re-plan
             if progress is not None:
                 progress(
                     sum(n_tests),
@@ -627,6 +653,7 @@ def acdc_sweep(
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     stop_after_nodes: int | None = None,
+    max_tests: int | None = None,
 ) -> list[ACDCResult]:
     """ACDC at several thresholds. The fast engine runs them as one lock-step batch sharing
     every device call; the reference engine runs them one after another.
@@ -647,6 +674,8 @@ def acdc_sweep(
     - `progress`: called as `progress(tested, removed, current_metric)`.
     - `checkpoint`: called with a JSON-serialisable state after every node (fast engine);
       pass it back as `resume` to continue a killed run.
+    - `max_tests`: stop each run after this many edge tests (a fixed prefix of the run, for
+      benchmarks); the result then covers only that prefix.
 
     **Returns:** one [`jacdc.ACDCResult`][] per threshold, in order.
     """
@@ -659,7 +688,7 @@ def acdc_sweep(
         return [
             _reference_run(
                 model, task, t, metric=metric, zero_ablation=zero_ablation, abs_value=abs_value,
-                corrupted=corrupted, progress=progress,
+                corrupted=corrupted, progress=progress, max_tests=max_tests,
             )
             for t in thresholds
         ]
@@ -674,7 +703,7 @@ def acdc_sweep(
         model, task, thresholds, metric=metric, zero_ablation=zero_ablation,
         abs_value=abs_value, corrupted=corrupted, n_lanes=n_lanes, progress=progress,
         checkpoint=checkpoint, resume=resume, stop_after_nodes=stop_after_nodes,
-        suffix=bool(suffix),
+        suffix=bool(suffix), max_tests=max_tests,
     )
 
 
