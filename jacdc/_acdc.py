@@ -286,7 +286,8 @@ def _check_finite(value: float, where: str) -> None:
         )
 
 
-def _validate(model, task, thresholds, metric):
+def check_thresholds(thresholds) -> None:
+    """`ValueError` unless `thresholds` is a non-empty list of finite values >= 0."""
     if len(thresholds) == 0:
         raise ValueError("No thresholds given: pass at least one threshold (e.g. 0.01).")
     for t in thresholds:
@@ -295,6 +296,10 @@ def _validate(model, task, thresholds, metric):
                 f"ACDC thresholds must be finite and >= 0, got {t!r}. (The paper sweeps "
                 "10^linspace(-5, -1, 21) for tracr.)"
             )
+
+
+def _validate(model, task, thresholds, metric):
+    check_thresholds(thresholds)
     if metric not in task.metrics:
         raise ValueError(
             f"Unknown metric {metric!r} for this task; available: {sorted(task.metrics)}."

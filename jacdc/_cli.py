@@ -96,18 +96,28 @@ def _load_bundle(args):
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar created at the first update, so that errors found before any work never
+    share the terminal with an empty bar."""
     if not enabled:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="edge", file=sys.stderr, dynamic_ncols=True)
+    bars = []
 
     def update(tested: int, removed: int, metric: float):
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit="edge", file=sys.stderr,
+                             dynamic_ncols=True))
+        bar = bars[0]
         bar.n = min(tested, total)
         bar.set_postfix(removed=removed, metric=f"{metric:.4g}", refresh=False)
         bar.refresh()
 
-    return update, bar.close
+    def close():
+        for bar in bars:
+            bar.close()
+
+    return update, close
 
 
 def _run_id(args, thresholds) -> dict:
@@ -126,9 +136,11 @@ def _run_id(args, thresholds) -> dict:
 def _acdc_runs(args, thresholds, out_dir: Path):
     """Runs ACDC at `thresholds`, resuming from `out_dir/checkpoint.json` when it matches."""
     import jacdc
+    import jacdc._acdc
     from jacdc._dataset import task_from_dataset
     from jacdc._results import atomic_write_json
 
+    jacdc._acdc.check_thresholds(thresholds)
     bundle = _load_bundle(args)
     task = task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
     metric = args.metric or bundle.default_metric
