@@ -8,6 +8,21 @@ from ._acdc import (
     acdc_sweep as acdc_sweep,
     ACDCResult as ACDCResult,
 )
+from ._eap import (
+    circuit_from_scores as circuit_from_scores,
+    eap_ig_scores as eap_ig_scores,
+    eap_scores as eap_scores,
+)
+from ._edge_pruning import (
+    EdgePruningResult as EdgePruningResult,
+    edge_pruning as edge_pruning,
+    edge_pruning_sweep as edge_pruning_sweep,
+)
+from ._faithfulness import (
+    Faithfulness as Faithfulness,
+    cpr_cmd as cpr_cmd,
+    faithfulness_curve as faithfulness_curve,
+)
 from ._graph import (
     Edge as Edge,
     EdgeMask as EdgeMask,
@@ -16,13 +31,38 @@ from ._graph import (
     GraphShape as GraphShape,
     set_edge as set_edge,
 )
+from ._hisp import HISPResult as HISPResult, hisp as hisp, hisp_scores as hisp_scores
 from ._patching import (
     ablation_sources as ablation_sources,
     masked_logits as masked_logits,
     metric_of_mask as metric_of_mask,
     metric_value as metric_value,
 )
-
+from ._roc import (
+    ROCResult as ROCResult,
+    node_names as node_names,
+    pessimistic_auc as pessimistic_auc,
+    present_nodes as present_nodes,
+    roc as roc,
+    roc_curve as roc_curve,
+    top_k_circuits as top_k_circuits,
+    trapezoid_auc as trapezoid_auc,
+)
+from ._roc_report import roc_report as roc_report
+from ._sp import (
+    NodeMask as NodeMask,
+    SPResult as SPResult,
+    SPState as SPState,
+    circuit_from_units as circuit_from_units,
+    init_sp_state as init_sp_state,
+    node_edge_mask as node_edge_mask,
+    sp_lambdas as sp_lambdas,
+    sp_step as sp_step,
+    sp_sweep as sp_sweep,
+    subnetwork_probing as subnetwork_probing,
+    unit_ablation_sources as unit_ablation_sources,
+    unit_names as unit_names,
+)
 
 try:
     __version__ = importlib.metadata.version("jacdc")
