@@ -60,7 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     common(d)
     d.add_argument("--algorithm", choices=ALGORITHMS, default="acdc")
     d.add_argument("--threshold", type=float, default=None,
-                   help=f"ACDC threshold tau (default {DEFAULT_THRESHOLD})")
+                   help=f"ACDC threshold tau (default {DEFAULT_THRESHOLD}); eap/eap-ig: keep "
+                   "edges whose |score| is above it")
+    d.add_argument("--lambda", dest="lam", type=float, default=1.0,
+                   help="sp / edge-pruning: sparsity strength (default 1.0)")
+    d.add_argument("--steps", type=int, default=3000,
+                   help="sp / edge-pruning: optimisation steps (default 3000)")
+    d.add_argument("--top-k", type=int, default=None,
+                   help="eap / eap-ig: keep the k highest-|score| edges; hisp: keep the k "
+                   "highest-scoring units (default: 5%% of edges / 25%% of units)")
     s = sub.add_parser("sweep", help="ACDC at several thresholds (one lock-step batch)")
     common(s)
     group = s.add_mutually_exclusive_group(required=True)
@@ -292,15 +300,65 @@ def cmd_sweep(args) -> int:
 
 
 def _discover_other(args) -> int:
-    try:
-        from jacdc import _roc_report
-    except ImportError as e:
-        raise CLIError(f"algorithm {args.algorithm!r} is not available in this build ({e}).")
+    """SP, HISP, EAP, EAP-IG and edge pruning: one circuit each, same result files as ACDC."""
+    import jax.random as jr
+
+    import jacdc
+    from jacdc._dataset import task_from_dataset
+    from jacdc._results import write_result
+
     bundle = _load_bundle(args)
+    task = task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
+    metric = args.metric or bundle.default_metric
+    if metric not in task.metrics:
+        raise CLIError(f"Unknown metric {metric!r}; available: {', '.join(sorted(task.metrics))}.")
+    args.metric = metric
     out_dir = Path(args.out) if args.out else _default_out(args, args.algorithm)
-    paths = _roc_report.discover(bundle, args.algorithm, zero_ablation=args.zero_ablation,
-                                 metric=args.metric or bundle.default_metric, out_dir=out_dir,
-                                 seed=args.seed)
+    graph = jacdc.graph_of(bundle.model.graph_shape)
+    key = jr.key(args.seed)
+    scores = None
+    hyper = {"metric": metric, "zero_ablation": args.zero_ablation, "dataset": args.dataset,
+             "weights": args.weights}
+    start = time.perf_counter()
+    if args.algorithm == "sp":
+        run = jacdc.subnetwork_probing(bundle.model, task, args.lam, key=key, metric=metric,
+                                       zero_ablation=args.zero_ablation, n_steps=args.steps)
+        present = run.present
+        hyper.update(lam=args.lam, steps=args.steps)
+    elif args.algorithm == "edge-pruning":
+        run = jacdc.edge_pruning(bundle.model, task, args.lam, key=key, metric=metric,
+                                 zero_ablation=args.zero_ablation, n_steps=args.steps)
+        present, scores = run.present, run.scores
+        hyper.update(lam=args.lam, steps=args.steps)
+    elif args.algorithm == "hisp":
+        run = jacdc.hisp(bundle.model, task, metric=metric)
+        n_units = len(run.units)
+        keep = args.top_k if args.top_k is not None else max(1, n_units // 4)
+        if not 0 <= keep <= n_units:
+            raise CLIError(f"--top-k must lie in [0, {n_units}] (HISP units), got {keep}.")
+        present = run.circuits[n_units - keep]
+        hyper.update(units_kept=keep)
+    else:
+        fn = jacdc.eap_scores if args.algorithm == "eap" else jacdc.eap_ig_scores
+        scores = fn(bundle.model, task, metric=metric, zero_ablation=args.zero_ablation)
+        if args.threshold is not None:
+            present = jacdc.circuit_from_scores(scores, threshold=args.threshold)
+            hyper.update(threshold=args.threshold)
+        else:
+            k = args.top_k if args.top_k is not None else max(1, len(graph) // 20)
+            present = jacdc.circuit_from_scores(scores, top_k=k)
+            hyper.update(top_k=k)
+    wall = time.perf_counter() - start
+    corrupted = jacdc.ablation_sources(bundle.model, task, args.zero_ablation)
+    mask = graph.from_vector(np.asarray(present, np.float32))
+    metrics = {"validation": {metric: float(jacdc.metric_of_mask(bundle.model, task, mask,
+                                                                 corrupted, metric))}}
+    paths = write_result(out_dir, algorithm=args.algorithm, task=bundle.name,
+                         model_config=bundle.model.cfg, graph=graph, present=present,
+                         hyperparameters=hyper, metrics=metrics, seed=args.seed, scores=scores,
+                         timing={"wall_time_s": wall})
+    print(f"{bundle.name}: {args.algorithm} kept {int(np.sum(present))} of {len(graph)} edges "
+          f"({metric} {metrics['validation'][metric]:.4g}) in {wall:.1f} s.")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

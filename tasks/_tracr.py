@@ -154,7 +154,8 @@ EXPECTED_INERT: dict[str, tuple[str, ...]] = {
         "blocks.3.hook_q_input[0] <- hook_embed",
         "blocks.3.hook_k_input[0] <- hook_embed",
     ),
-    "tracr-proportion": (
+    # On the BOS-first data; on the paper's data (BOS tokens mid-sequence) these edges matter.
+    "tracr-proportion-bos": (
         "blocks.1.hook_q_input[0] <- hook_embed",
         "blocks.1.hook_k_input[0] <- hook_embed",
     ),
@@ -240,6 +241,7 @@ PROGRAMS: dict[str, Callable] = {
 def tracr_assembled(name: str):
     """`(assembled, output_label)`: tracr's compiled model of a task's program and the label of
     the program's output SOp. Compiled once per process (tracr takes seconds)."""
+    name = name.removesuffix("-bos")  # tracr-proportion-bos: the same program
     if name not in PROGRAMS:
         raise ValueError(f"Unknown tracr program {name!r}; known: {sorted(PROGRAMS)}.")
     program, vocab, max_seq_len = PROGRAMS[name]()
@@ -322,7 +324,7 @@ def _bundle(name, model, md, val_rows, test_rows, val_perm, test_perm, canonical
     info = dict(
         info,
         seed=seed,
-        program=RASP[name],
+        program=RASP[name.removesuffix("-bos")],
         output_sop=md.output_labels[0].split(":", 1)[0],
         input_encoding={str(k): v for k, v in md.input_encoding.items()},
         bos_id=md.bos_id,
@@ -359,7 +361,7 @@ def make_tracr_reverse(weights=None, seed: int = 0) -> TaskBundle:
     )  # fmt: skip
 
 
-def make_tracr_proportion(weights=None, seed: int = 0, original_ids: bool = False) -> TaskBundle:
+def make_tracr_proportion(weights=None, seed: int = 0, original_ids: bool = True) -> TaskBundle:
     """tracr-proportion (see the module docstring). `weights` is ignored.
 
     `original_ids=True` reproduces the original implementation's data instead: length-4 rows of
@@ -380,10 +382,17 @@ def make_tracr_proportion(weights=None, seed: int = 0, original_ids: bool = Fals
         rows = [everything[i] for i in rng.permutation(len(everything))[:100]]
         info = dict(original_ids=False, bos="BOS before the 4-token string; positions 1..4")
     val_perm, test_perm = rng.permutation(50), rng.permutation(50)
+    name = "tracr-proportion" if original_ids else "tracr-proportion-bos"
     return _bundle(
-        "tracr-proportion", model, md, rows[:50], rows[50:], val_perm, test_perm,
+        name, model, md, rows[:50], rows[50:], val_perm, test_perm,
         PROPORTION_CANONICAL, info, seed,
     )  # fmt: skip
+
+
+def make_tracr_proportion_bos(weights=None, seed: int = 0) -> TaskBundle:
+    """tracr-proportion-bos: the same program on well-formed inputs (BOS, then a 4-token string
+    over {w,x,y,z}); see the module docstring."""
+    return make_tracr_proportion(weights, seed, original_ids=False)
 
 
 def _split_in_two(name, rows, n_val, seed, info) -> TaskBundle:
@@ -420,8 +429,10 @@ _CATEGORICAL_METRICS = ("l2", "kl_div")
 for _name, _desc, _build, _metrics in (
     ("tracr-reverse", "tracr make_reverse over {1,2,3} (4 layers)", make_tracr_reverse,
      _CATEGORICAL_METRICS),
-    ("tracr-proportion", "tracr make_frac_prevs(tokens == 'x') over {w,x,y,z} (2 layers)",
+    ("tracr-proportion", "tracr make_frac_prevs(tokens == 'x'), the paper's data (ids 0-3)",
      make_tracr_proportion, ("l2",)),
+    ("tracr-proportion-bos", "tracr make_frac_prevs(tokens == 'x') on BOS + {w,x,y,z}^4",
+     make_tracr_proportion_bos, ("l2",)),
     ("tracr-sort-unique", "tracr make_sort_unique over {1..5}", make_tracr_sort_unique,
      _CATEGORICAL_METRICS),
     ("tracr-hist", "tracr make_hist over {a,b,c}", make_tracr_hist, _CATEGORICAL_METRICS),

@@ -290,13 +290,14 @@ def test_registered(tracr_compiled):
     assert set(TRACR_TASKS) <= set(available_tasks())
     assert get_task("tracr-reverse").metrics == ("l2", "kl_div")
     assert get_task("tracr-proportion").metrics == ("l2",)
+    assert get_task("tracr-proportion-bos").metrics == ("l2",)
     for name in TRACR_TASKS:
         assert get_task(name).default_metric == "l2" and not get_task(name).needs_weights
 
 
 EXPECTED_SHAPES = {  # (val batch, test batch, seq, metric positions, output dims)
     "tracr-reverse": (6, 6, 4, [1, 2, 3], 3),
-    "tracr-proportion": (50, 50, 5, [1, 2, 3, 4], 1),
+    "tracr-proportion-bos": (50, 50, 5, [1, 2, 3, 4], 1),
     "tracr-sort-unique": (60, 60, 5, [1, 2, 3, 4], 5),
     "tracr-hist": (40, 40, 5, [1, 2, 3, 4], 5),
     "tracr-pair-balance": (16, 16, 6, [1, 2, 3, 4, 5], 1),
@@ -332,7 +333,7 @@ def test_task_shapes_and_metrics(tracr_bundle):
     assert b.default_metric == "l2"
     assert len(b.canonical_circuit()) > 0
     json.dumps(b.info)  # reports store it
-    if b.name not in ("tracr-reverse", "tracr-proportion"):
+    if b.name not in ("tracr-reverse", "tracr-proportion", "tracr-proportion-bos"):
         assert b.canonical == b.info["ground_truth"]
     if b.name == "tracr-reverse":
         np.testing.assert_array_equal(b.val.clean, b.test.clean)  # validation = test
@@ -347,7 +348,7 @@ def test_task_shapes_and_metrics(tracr_bundle):
 
 def test_proportion_original_ids(tracr_compiled):
     """The original's proportion data: ids 0-3 (tracr's BOS, pad, w, x), no BOS in front."""
-    b = load_task("tracr-proportion", original_ids=True)
+    b = load_task("tracr-proportion")  # the default: the paper's data
     _, md = tracr_model("tracr-proportion")
     assert [md.input_encoding[t] for t in ("BOS", "compiler_pad", "w", "x")] == [0, 1, 2, 3]
     assert b.val.clean.shape == b.test.clean.shape == (50, 4)
@@ -361,7 +362,7 @@ def test_derangement(tracr_bundle):
     for split in (tracr_bundle.val, tracr_bundle.test):
         clean, corrupted = np.asarray(split.clean), np.asarray(split.corrupted)
         fixed = (clean == corrupted).all(-1)
-        if tracr_bundle.name == "tracr-proportion":
+        if tracr_bundle.name == "tracr-proportion-bos":
             assert fixed.sum() < len(fixed)  # a plain random permutation, as in the original
         else:
             assert not fixed.any()  # no row maps to itself

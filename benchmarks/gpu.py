@@ -1,0 +1,592 @@
+"""Accelerator benchmark: the fast ACDC engine, EAP and an SP lambda sweep on a random-weight
+GPT-2-small-shaped model with IOI-shaped data. Writes JSON (default
+`benchmarks/results/gpu.json`).
+
+Workload: GPT-2 small's shape (12 layers x 12 heads, d_model 768, d_mlp 3072, vocabulary 50,257;
+32,923 edges), random weights (`Transformer(cfg, key)`, std 0.02); IOI-shaped data: 100 prompts
+of 16 random tokens, the corrupted prompt replaces the three "name" slots (positions 2, 4 and 10)
+with other random tokens; metric: KL at the last position.
+
+Phases (each printed as it runs):
+
+1. **tau calibration.** A random GPT-2 has no known metric scale, so tau comes from a probe:
+   the single-edge effect (KL increase when one edge is removed from the full model) of
+   `--probe` random edges, through the fast engine's own evaluator; tau is their quantile
+   `1 - target/edges` (target: 400 edges). The edges ACDC actually keeps are reported.
+2. **ACDC** (fast engine, default settings: suffix recomputation, speculative candidates). Edge
+   tests per second, over the whole run and over the calls that did not compile; FLOP/s from
+   per-stage FLOP counts (`stage_flops`) x lanes per call, against the device's peak.
+3. **EAP** (one gradient over the batch), timed warm.
+4. **SP** (`sp_sweep` over as many lambdas as the memory model says fit, all trained together),
+   timed warm.
+
+Memory: for each phase the memory model's prediction (`jacdc._memory`) next to XLA's
+`memory_analysis()` of the same compiled step, and the device's `peak_bytes_in_use`.
+
+Peak FLOP/s (dense, per NVIDIA's datasheets): H100 SXM / H200: FP32 67 TFLOP/s, TF32 tensor
+core 495, BF16 989; H100 PCIe: 51 / 378 / 756; A100: 19.5 / 156 / 312. jacdc computes in
+float32; XLA runs float32 matrix products on tensor cores as TF32 unless
+`jax_default_matmul_precision` says otherwise, so the TF32 figure is the relevant roof (the
+FP32 one is reported too).
+
+`--small` runs the same phases on a tiny model on CPU in seconds (the test suite runs it).
+`--budget-s` caps the run: ACDC stops when its share is spent (the JSON then says
+`"truncated": true`), later phases shrink.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "gpu.json"
+
+PEAKS = {  # TFLOP/s, dense: (fp32, tf32, bf16)
+    "h100 pcie": (51.0, 378.0, 756.0),
+    "h100": (67.0, 495.0, 989.0),
+    "h200": (67.0, 495.0, 989.0),
+    "a100": (19.5, 156.0, 312.0),
+}
+
+
+def _bootstrap() -> None:
+    """Makes `jacdc` importable from this checkout when it is not installed (the GPU machine
+    has JAX, Equinox and Optax but no network to `pip install -e .`): the package's own folder
+    plus the repository root as its search path, so `jacdc.models` and `jacdc.tasks` resolve to
+    `models/` and `tasks/` exactly as the editable install maps them."""
+    try:
+        import jacdc  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jacdc", ROOT / "jacdc" / "__init__.py",
+        submodule_search_locations=[str(ROOT / "jacdc"), str(ROOT)],
+    )  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["jacdc"] = module
+    spec.loader.exec_module(module)
+
+
+def log(msg: str) -> None:
+    print(f"[gpu.py {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def peak_flops(device_kind: str) -> dict | None:
+    kind = device_kind.lower()
+    for name, (fp32, tf32, bf16) in PEAKS.items():
+        if name in kind and ("pcie" in kind) == ("pcie" in name):
+            return {"fp32": fp32 * 1e12, "tf32": tf32 * 1e12, "bf16": bf16 * 1e12,
+                    "source": f"datasheet, dense, {name}"}  # fmt: skip
+    return None
+
+
+def stage_flops(model, task, stage: int) -> float:
+    """FLOPs of one candidate circuit's forward from `stage` on (weights, every receiver's
+    two mixing contractions, attention, MLPs, and the unembedding at the metric positions)."""
+    import numpy as np
+
+    cfg, shape = model.cfg, model.graph_shape
+    d, H, e, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp or 0
+    per_token = 0  # multiply-adds per token
+    for layer in range(cfg.n_layers):
+        if 2 * layer >= stage:
+            n = shape.n_src_before_layer(layer)
+            per_token += 2 * 3 * H * n * d + 4 * H * e * d + 2 * H * task.seq * e
+        if cfg.has_mlp and 2 * layer + 1 >= stage:
+            n = shape.n_src_before_mlp(layer)
+            per_token += 2 * n * d + 2 * m * d
+    per_token += 2 * shape.n_src * d
+    unembed = task.batch * int(np.asarray(task.logit_positions).size) * d * cfg.vocab_out
+    return 2.0 * (task.batch * task.seq * per_token + unembed)
+
+
+def device_peak_bytes():
+    import jax
+
+    stats = None
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:
+        stats = None
+    if stats and "peak_bytes_in_use" in stats:
+        return {"device_peak_bytes_in_use": int(stats["peak_bytes_in_use"]),
+                "device_bytes_limit": int(stats.get("bytes_limit", 0))}  # fmt: skip
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"host_max_rss_bytes": int(rss)}
+
+
+def xla_step_memory(jitted, *args) -> dict:
+    """XLA's memory figures for the compiled step `jitted(*args)` (an `eqx.filter_jit`
+    function), and the seconds the lowering and compilation took."""
+    t = time.perf_counter()
+    try:
+        compiled = jitted.lower(*args).compile()
+        stats = compiled.compiled.memory_analysis()
+    except Exception as e:  # report, never fail the benchmark on this
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+    out = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "temp": int(stats.temp_size_in_bytes),
+        "alias": int(stats.alias_size_in_bytes),
+    }
+    out["total"] = out["arguments"] + out["outputs"] + out["temp"] - out["alias"]
+    out["compile_s"] = time.perf_counter() - t
+    return out
+
+
+def compare(estimate, xla: dict) -> dict:
+    doc = {"predicted": {"arguments": estimate.arguments, "outputs": estimate.outputs,
+                         "temp": estimate.temp, "step": estimate.step,
+                         "persistent": estimate.persistent, "detail": estimate.detail},
+           "xla": xla}  # fmt: skip
+    if "total" in xla and xla["total"]:
+        doc["predicted_over_xla"] = estimate.step / xla["total"]
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def random_gpt2(cfg, seed: int):
+    """GPT-2's initialisation with NumPy (no per-shape device compilations): weights N(0, 0.02),
+    residual-output projections scaled by 1/sqrt(2 L), biases 0, LayerNorm 1/0, positions
+    N(0, 0.01), unembedding tied to the embedding."""
+    import numpy as np
+
+    from jacdc.models import Transformer
+
+    rng = np.random.default_rng(seed)
+    d, e, H, m, L = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp, cfg.n_layers
+
+    def normal(*shape, std=0.02):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    def zeros(*shape):
+        return np.zeros(shape, np.float32)
+
+    ln = (np.ones(d, np.float32), zeros(d))
+    out_std = 0.02 / np.sqrt(2 * L)
+    blocks = [
+        dict(ln1=ln, w_q=normal(H, d, e), b_q=zeros(H, e), w_k=normal(H, d, e), b_k=zeros(H, e),
+             w_v=normal(H, d, e), b_v=zeros(H, e), w_o=normal(H, e, d, std=out_std),
+             b_o=zeros(d), ln2=ln, w_in=normal(d, m), b_in=zeros(m),
+             w_out=normal(m, d, std=out_std), b_out=zeros(d))
+        for _ in range(L)
+    ]  # fmt: skip
+    w_e = normal(cfg.d_vocab, d)
+    return Transformer.from_params(cfg, w_e=w_e, w_pos=normal(cfg.n_ctx, d, std=0.01),
+                                   blocks=blocks, ln_final=ln, w_u=w_e.T.copy())  # fmt: skip
+
+
+def build(small: bool, batch: int, seq: int, seed: int):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jacdc.models import TransformerConfig
+    from jacdc.tasks import Task, kl_metric
+
+    if small:
+        cfg = TransformerConfig(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64,
+                                d_vocab=101, n_ctx=seq)  # fmt: skip
+    else:
+        cfg = TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072,
+                                d_vocab=50257, n_ctx=1024)  # fmt: skip
+    model = random_gpt2(cfg, seed)
+    rng = np.random.default_rng(seed + 1)
+    clean = rng.integers(0, cfg.d_vocab, (batch, seq))
+    corrupted = clean.copy()
+    for slot in (2, 4, 10):  # the IOI template's name slots (IO, S1, S2)
+        if slot < seq - 1:
+            corrupted[:, slot] = rng.integers(0, cfg.d_vocab, batch)
+    clean = jnp.asarray(clean, jnp.int32)
+    positions = jnp.array([seq - 1])
+    task = Task(
+        clean=clean, corrupted=jnp.asarray(corrupted, jnp.int32), corrupted_positions=None,
+        logit_positions=positions, metrics={"kl_div": kl_metric(model, clean, positions)},
+    )  # fmt: skip
+    return model, task
+
+
+class Clock:
+    def __init__(self, budget_s: float):
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def left(self) -> float:
+        return self.budget_s - self.elapsed
+
+
+class _Stop(Exception):
+    pass
+
+
+def probe_tau(model, task, corrupted, n_lanes: int, n_probe: int, target: int, seed: int):
+    """Single-edge effects of `n_probe` random edges at the full model, and the tau at which
+    `target` of all edges would exceed it."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jacdc import _acdc, graph_of
+
+    graph = graph_of(model.graph_shape)
+    E = len(graph)
+    rng = np.random.default_rng(seed)
+    edges = rng.choice(E, size=min(n_probe, E), replace=False)
+    prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)
+    full = np.ones((n_lanes, E), np.float32)
+    t = time.perf_counter()
+    base = float(np.asarray(_acdc._eval_candidates(model, task, corrupted, prefix,
+                                                   jnp.asarray(full), 0, "kl_div"))[0])
+    first_call_s = time.perf_counter() - t
+    effects = []
+    t = time.perf_counter()
+    for i in range(0, len(edges), n_lanes):
+        chunk = edges[i : i + n_lanes]
+        vecs = full.copy()
+        vecs[np.arange(len(chunk)), chunk] = 0.0
+        out = np.asarray(_acdc._eval_candidates(model, task, corrupted, prefix,
+                                                jnp.asarray(vecs), 0, "kl_div"))
+        effects.extend((out[: len(chunk)] - base).tolist())
+    effects = np.array(effects)
+    q = min(max(1.0 - target / E, 0.0), 1.0)
+    tau = float(np.quantile(effects, q))
+    return tau, {
+        "n_probe": int(len(edges)), "full_model_kl": base, "quantile": q,
+        "effect_percentiles": {p: float(np.percentile(effects, p)) for p in (50, 90, 99, 100)},
+        "first_call_s": first_call_s, "probe_s": time.perf_counter() - t,
+    }  # fmt: skip
+
+
+def precompile_stages(model, task, corrupted, n_lanes: int, workers: int) -> dict:
+    """Compiles the fast engine's evaluator for every stage, in parallel threads (XLA compiles
+    outside the GIL), before the timed run: the run's own calls then find them compiled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import jax.numpy as jnp
+
+    import jacdc
+    from jacdc import _acdc
+
+    E = len(jacdc.graph_of(model.graph_shape))
+    stages = list(range(2 * model.cfg.n_layers + 1))
+    if not model.cfg.has_mlp:
+        stages = [s for s in stages if s % 2 == 0]
+
+    def one(stage):
+        t = time.perf_counter()
+        shape = (task.batch, model.n_prefix(stage), task.seq, model.cfg.d_model)
+        prefix = jnp.zeros(shape, jnp.float32)
+        vecs = jnp.ones((n_lanes, E), jnp.float32)
+        _acdc._eval_candidates.lower(model, task, corrupted, prefix, vecs, stage,
+                                     "kl_div").compile()  # fmt: skip
+        return time.perf_counter() - t
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        times = list(pool.map(one, stages))
+    return {"stages": len(stages), "workers": workers, "wall_s": time.perf_counter() - t,
+            "sum_s": sum(times), "max_s": max(times)}  # fmt: skip
+
+
+def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
+    import numpy as np
+
+    import jacdc
+    from jacdc import _acdc, _sharding
+
+    calls = []  # (stage, seconds, n_used)
+
+    class Timed(_acdc._Lanes):
+        def evaluate(self, stage, vecs, n_used):
+            t = time.perf_counter()
+            out = super().evaluate(stage, vecs, n_used)  # returns NumPy: synchronised
+            calls.append((stage, time.perf_counter() - t, n_used))
+            return out
+
+    state = {"tested": 0, "removed": 0, "last": time.perf_counter()}
+
+    def progress(tested, removed, metric):
+        state.update(tested=tested, removed=removed)
+        now = time.perf_counter()
+        if now - state["last"] > 10:
+            state["last"] = now
+            log(f"  ACDC: {tested} tested, {removed} removed, KL {metric:.4g}, "
+                f"{clock.elapsed:.0f} s elapsed")  # fmt: skip
+        if clock.elapsed > deadline_s:
+            raise _Stop()
+
+    t = time.perf_counter()
+    result, truncated = None, False
+    with _sharding._fast_engine_lanes(Timed):
+        try:
+            (result,) = jacdc.acdc_sweep(model, task, [tau], metric="kl_div",
+                                         candidates=n_lanes, progress=progress)  # fmt: skip
+        except _Stop:
+            truncated = True
+    wall = time.perf_counter() - t
+    seen, first, steady = set(), 0.0, []
+    flops_total = 0.0
+    for stage, sec, _ in calls:
+        flops_total += n_lanes * stage_flops(model, task, stage)
+        if stage in seen:
+            steady.append((stage, sec))
+        else:
+            seen.add(stage)
+            first += sec
+    steady_s = sum(s for _, s in steady)
+    steady_flops = sum(n_lanes * stage_flops(model, task, st) for st, _ in steady)
+    n_tests = result.n_tests if result is not None else state["tested"]
+    doc = {
+        "tau": tau,
+        "truncated": truncated,
+        "edges_total": len(jacdc.graph_of(model.graph_shape)),
+        "edges_kept": result.n_edges if result is not None else None,
+        "final_kl": result.metric if result is not None else None,
+        "edge_tests": n_tests,
+        "device_calls": len(calls),
+        "candidate_evaluations": int(sum(n for _, _, n in calls)),
+        "lanes_per_call": n_lanes,
+        "wall_s": wall,
+        "first_call_per_stage_s": first,
+        "stages_compiled": len(seen),
+        "edges_per_s": n_tests / wall,
+        "edges_per_s_excluding_first_calls": n_tests / max(wall - first, 1e-9),
+        "flops_executed": flops_total,
+        "achieved_flops_per_s": flops_total / wall,
+        "steady_calls_s": steady_s,
+        "achieved_flops_per_s_steady": steady_flops / steady_s if steady_s else None,
+        "host_s_outside_calls": wall - sum(s for _, s, _ in calls),
+        "mean_call_ms_steady": 1e3 * steady_s / len(steady) if steady else None,
+    }
+    del np
+    return doc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true", help="tiny model on CPU (the test suite)")
+    p.add_argument("--out", default=None, help=f"JSON path (default {RESULTS})")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="wall-clock budget (default 420 s; 120 s with --small)")
+    p.add_argument("--batch", type=int, default=None, help="default 100 (8 with --small)")
+    p.add_argument("--seq", type=int, default=16)
+    p.add_argument("--candidates", type=int, default=None, help="ACDC lanes (default: auto)")
+    p.add_argument("--tau", type=float, default=None, help="skip the calibration")
+    p.add_argument("--target-edges", type=int, default=None,
+                   help="edges tau should keep (default 400; a tenth of the graph with --small)")
+    p.add_argument("--probe", type=int, default=None, help="edges probed (default 1024)")
+    p.add_argument("--sp-lambdas", type=int, default=4, help="most lambdas trained together")
+    p.add_argument("--sp-steps", type=int, default=None, help="default 100 (5 with --small)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    small = args.small
+    budget = args.budget_s or (120.0 if small else 420.0)
+    batch = args.batch or (8 if small else 100)
+    sp_steps = args.sp_steps or (5 if small else 100)
+    n_probe = args.probe or (64 if small else 1024)
+    out_path = Path(args.out) if args.out else RESULTS
+    clock = Clock(budget)
+
+    _bootstrap()
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+
+    import jacdc
+    from jacdc import _acdc, _eap, _memory, _sp
+    from jacdc._patching import ablation_sources
+
+    dev = jax.devices()[0]
+    log(f"JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), {jax.device_count()} "
+        f"device(s); budget {budget:.0f} s")  # fmt: skip
+    doc = {
+        "benchmark": "benchmarks/gpu.py" + (" --small" if small else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"platform": dev.platform, "device_kind": dev.device_kind,
+                    "device_count": jax.device_count(), "jax": jax.__version__,
+                    "python": platform.python_version(), "host": platform.node(),
+                    "matmul_precision": str(getattr(jax.config,
+                                                    "jax_default_matmul_precision", None))},
+        "peak_flops_per_s": peak_flops(dev.device_kind),
+    }  # fmt: skip
+
+    def write():
+        doc["total_wall_s"] = clock.elapsed
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=str))
+        os.replace(tmp, out_path)
+
+    # ---- setup ----
+    model, task = build(small, batch, args.seq, args.seed)
+    corrupted = ablation_sources(model, task, False)
+    jax.block_until_ready(corrupted)
+    doc["workload"] = {
+        "model": {k: getattr(model.cfg, k) for k in ("n_layers", "n_heads", "d_model", "d_head",
+                                                       "d_mlp", "d_vocab", "n_ctx")},
+        "random_weights": "GPT-2 initialisation (random_gpt2), NumPy seed " + str(args.seed),
+        "batch": task.batch, "seq": task.seq, "metric": "kl_div (last position)",
+        "corruption": "random tokens at positions 2, 4, 10 (IOI name slots)",
+        "edges": len(jacdc.graph_of(model.graph_shape)),
+        "forward_flops_full": stage_flops(model, task, 0),
+    }  # fmt: skip
+    log(f"setup done in {clock.elapsed:.1f} s: {doc['workload']['edges']} edges, "
+        f"{doc['workload']['forward_flops_full'] / 1e9:.1f} GFLOP per candidate forward")
+    n_lanes = args.candidates or _acdc.auto_candidates(model, task, 1)
+    peak = doc["peak_flops_per_s"]
+
+    def vs_peak(flops_per_s):
+        if not peak or not flops_per_s:
+            return None
+        return {k: flops_per_s / peak[k] for k in ("fp32", "tf32", "bf16")}
+
+    # ---- ACDC ----
+    estimate = _memory.acdc_memory(model.cfg, task.batch, task.seq, candidates=n_lanes,
+                                   task=task)  # fmt: skip
+    log(f"memory model: {estimate}")
+    _memory.check_fits(estimate)
+    stage = estimate.stage or 0
+    prefix = jnp.zeros((task.batch, model.n_prefix(stage), task.seq, model.cfg.d_model))
+    vecs = jnp.ones((n_lanes, len(jacdc.graph_of(model.graph_shape))), jnp.float32)
+    xla = xla_step_memory(_acdc._eval_candidates, model, task, corrupted, prefix, vecs, stage,
+                          "kl_div")  # fmt: skip
+    del prefix
+    doc["acdc"] = {"memory": compare(estimate, xla)}
+    log(f"ACDC step at stage {stage}: predicted {estimate.step / 2**30:.2f} GiB, XLA "
+        f"{xla.get('total', 0) / 2**30:.2f} GiB ({xla.get('compile_s', 0):.1f} s to compile)")
+    target = args.target_edges or (max(4, doc["workload"]["edges"] // 10) if small else 400)
+    doc["acdc"]["target_edges"] = target
+    if args.tau is None:
+        tau, probe = probe_tau(model, task, corrupted, n_lanes, n_probe, target, args.seed)
+        doc["acdc"]["calibration"] = probe
+        log(f"tau = {tau:.3g} from {probe['n_probe']} single-edge effects "
+            f"({probe['probe_s']:.1f} s)")  # fmt: skip
+    else:
+        tau = args.tau
+    write()
+    workers = min(8, os.cpu_count() or 1)
+    log(f"compiling the evaluator for every stage ({workers} threads) ...")
+    try:
+        doc["acdc"]["precompile"] = precompile_stages(model, task, corrupted, n_lanes, workers)
+        log(f"  compiled in {doc['acdc']['precompile']['wall_s']:.1f} s "
+            f"(sum over stages {doc['acdc']['precompile']['sum_s']:.1f} s)")
+    except Exception as e:  # the run compiles on demand instead
+        doc["acdc"]["precompile"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        log(f"  precompilation failed ({doc['acdc']['precompile']['error']}); compiling on demand")
+    write()
+    acdc_deadline = clock.elapsed + 0.55 * clock.left
+    acdc = run_acdc(model, task, tau, n_lanes, acdc_deadline, clock)
+    acdc["achieved_vs_peak"] = vs_peak(acdc["achieved_flops_per_s"])
+    acdc["achieved_vs_peak_steady"] = vs_peak(acdc["achieved_flops_per_s_steady"])
+    doc["acdc"].update(acdc)
+    doc["acdc"]["tau_source"] = "--tau" if args.tau is not None else "probe quantile"
+    doc["acdc"]["peak_memory"] = device_peak_bytes()
+    log(f"ACDC: {acdc['edge_tests']} tests in {acdc['wall_s']:.1f} s "
+        f"({acdc['edges_per_s']:.0f}/s; {acdc['edges_per_s_excluding_first_calls']:.0f}/s "
+        f"without compiling calls), kept {acdc['edges_kept']} edges"
+        + (" [TRUNCATED]" if acdc["truncated"] else ""))
+    write()
+
+    # ---- EAP ----
+    estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
+    _memory.check_fits(estimate)
+    alphas = jnp.ones((1,), jnp.float32)
+    xla = xla_step_memory(_eap._mask_grads, model, task, corrupted, alphas, "kl_div")
+    t = time.perf_counter()
+    scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
+    cold = time.perf_counter() - t
+    reps, t = 0, time.perf_counter()
+    while reps < 3 and (reps == 0 or time.perf_counter() - t < 0.1 * max(clock.left, 0)):
+        scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
+        reps += 1
+    warm = (time.perf_counter() - t) / reps
+    eap_flops = 3 * stage_flops(model, task, 0)  # forward + backward
+    doc["eap"] = {
+        "memory": compare(estimate, xla),
+        "first_call_s": cold, "warm_s": warm, "reps": reps,
+        "edges_scored_per_s": len(scores) / warm,
+        "flops_estimate": eap_flops, "achieved_flops_per_s": eap_flops / warm,
+        "achieved_vs_peak": vs_peak(eap_flops / warm),
+        "peak_memory": device_peak_bytes(),
+        "max_abs_score": float(np.max(np.abs(scores))),
+    }  # fmt: skip
+    log(f"EAP: {warm * 1e3:.1f} ms per gradient warm ({cold:.1f} s first call)")
+    write()
+
+    # ---- SP ----
+    free, _ = _memory.device_memory()
+    sp_batch = task.batch
+    n_lam = args.sp_lambdas
+    while True:  # the most lambdas (at least 2) at the full batch, else a smaller batch
+        estimate = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
+                                     n_steps=sp_steps, task=None)  # fmt: skip
+        if free is None or estimate.total <= 0.8 * free or (n_lam == 1 and sp_batch <= 8):
+            break
+        if n_lam > 2 or (n_lam == 2 and sp_batch <= 8):
+            n_lam -= 1
+        else:
+            sp_batch //= 2
+    sp_task = task if sp_batch == task.batch else jax.tree.map(
+        lambda x: x[:sp_batch] if hasattr(x, "shape") and x.ndim and x.shape[0] == task.batch
+        else x, task)  # fmt: skip
+    sp_corr = corrupted if sp_batch == task.batch else jax.tree.map(
+        lambda x: x[:sp_batch], corrupted)  # fmt: skip
+    lambdas = list(np.logspace(-2, 1, n_lam)) if n_lam > 1 else [0.1]
+    log(f"SP: {n_lam} lambdas x {sp_steps} steps on batch {sp_batch}: {estimate}")
+    state = _sp.init_sp_state(model.graph_shape, n_lam)
+    keys = jr.split(jr.key(args.seed), n_lam)
+    lam_arr = jnp.asarray(lambdas, jnp.float32)
+    lr = jnp.asarray(1e-3, jnp.float32)
+    xla = xla_step_memory(_sp._sp_train, state, lam_arr, lr, keys, model, sp_task, sp_corr,
+                          "kl_div", sp_steps)  # fmt: skip
+    sp_doc = {"memory": compare(estimate, xla), "lambdas": [float(x) for x in lambdas],
+              "batch": sp_batch, "steps": sp_steps}  # fmt: skip
+    try:
+        t = time.perf_counter()
+        out = _sp._sp_train(state, lam_arr, lr, keys, model, sp_task, sp_corr, "kl_div", sp_steps)
+        jax.block_until_ready(out)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        out = _sp._sp_train(state, lam_arr, lr, keys, model, sp_task, sp_corr, "kl_div", sp_steps)
+        jax.block_until_ready(out)
+        warm = time.perf_counter() - t
+        step_flops = n_lam * 3 * stage_flops(model, sp_task, 0)
+        sp_doc.update({
+            "first_call_s": cold, "warm_s": warm, "steps_per_s": sp_steps / warm,
+            "lambda_steps_per_s": n_lam * sp_steps / warm,
+            "flops_per_step_estimate": step_flops,
+            "achieved_flops_per_s": step_flops * sp_steps / warm,
+            "achieved_vs_peak": vs_peak(step_flops * sp_steps / warm),
+            "final_metric": [float(x) for x in np.asarray(out[1][1])[:, -1]],
+        })  # fmt: skip
+        log(f"SP: {sp_steps / warm:.1f} steps/s warm ({cold:.1f} s first call)")
+    except Exception as e:  # e.g. out of memory: record it, keep the other results
+        sp_doc["error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"SP failed: {sp_doc['error']}")
+    sp_doc["peak_memory"] = device_peak_bytes()
+    doc["sp"] = sp_doc
+    write()
+    log(f"done in {clock.elapsed:.1f} s; wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

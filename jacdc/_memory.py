@@ -1,0 +1,527 @@
+"""How many bytes each algorithm needs, before it runs.
+
+Every algorithm's device work is one compiled step, and XLA reports three figures for a compiled
+step (`jax.jit(f).lower(...).compile().memory_analysis()`): the bytes of its **arguments**, of
+its **outputs**, and of its **temporaries** (the activations it keeps live, packed by XLA's buffer
+assignment). The model here predicts the same three figures from the model config and the task's
+shape, and we compare its *total* `arguments + outputs + temp` (minus aliased bytes; none here)
+with XLA's: that total is what must fit on one device while the step runs.
+
+**Shapes** (per device: `batch` is divided by the mesh's batch axis, lanes by its lane axis):
+`B` batch, `S` seq, `d` d_model, `H` heads, `e` d_head, `m` d_mlp, `V` output vocabulary, `P`
+metric positions, `N` sources, `K` lanes (fast-ACDC candidates, SP lambdas, EAP-IG points),
+`n_r` the sources a receiver group reads (`n_src_before_layer` / `n_src_before_mlp` / `N`), `f`
+bytes per float (4; 2 for bf16 source buffers).
+
+**Arguments** (exact): the weights (replicated), the task's arrays (tokens, metric data such as
+KL's clean log-probs `B P V`), the corrupted [`jacdc.models.Sources`][]
+`B (N S d + 3 L H S e) f`, and per algorithm: the fast engine's cached clean prefix
+`B n_prefix(stage) S d f` and candidate vectors `K edges`; SP's parameters and Adam state.
+
+**Temporaries** (a sum of the buffers the masked forward materialises, each with a coefficient
+calibrated against XLA; `bsd = B S d f`):
+
+- *fast ACDC*, one call at `stage` (only receivers from `stage` on run):
+  `1.5 stack + 0.75 corrupted_copies + 0.25 corrupted_mix + qkv + 2 logits`, where
+  `stack = max_r bsd n_r` (times `K` if receiver `r` reads a source computed in this call),
+  `corrupted_copies = bsd sum_r n_r` (XLA lays out each receiver's slice of the corrupted
+  sources for its contraction up front), `corrupted_mix = K bsd (3H n_attn + n_mlp + 1)`,
+  `qkv = K B S 3H e f n_attn`, `logits = K B P V f`. The engine also keeps the clean run's
+  sources `B N S d f` between calls (`persistent`). The run's figure is the worst stage.
+- *EAP / EAP-IG* (a gradient: every activation is saved for the backward pass):
+  `stacks + 0.75 corrupted_copies + 3.5 mixes + 3 qkv + 2 patterns + hidden` with
+  `stacks = K bsd sum_r n_r`, `mixes = K bsd 3H L`, `qkv = K B S 3H e f L`,
+  `patterns = K B H S^2 f L`, `hidden = K B S m f L`.
+- *SP* (the same gradient inside a `lax.scan` over steps, through the node-to-edge mask):
+  `1.4 stacks + 1.2 corrupted_copies + 0.9 mixes + 10 patterns + 4 hidden + 3 K bsd max_r n_r`.
+
+**Accuracy** (XLA:CPU, jaxlib 0.10.2, the compiled total): over a grid of 30 fast-ACDC shapes
+(1-12 layers, 2-16 heads, d_model 32-128, batch 2-16, seq 4-16, 1-8 lanes, every kind of
+stage) the median error is 12% and 24 of 30 are within 25% (extremes: -35% for a 3-layer
+attention-only model with d_head * heads > d_model, +33% for 1-layer models). Gradients are
+more regular: 20 EAP shapes within 15% (median 5%), 10 SP shapes within 6% (median 3%). XLA:GPU fuses and schedules differently;
+`benchmarks/gpu.py` records prediction and XLA's figure on the accelerator. Use the estimate to
+size runs and to fail early, with the margin [`check_fits`][] leaves.
+"""
+
+import dataclasses
+import math
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+
+_F32 = 4
+
+
+class MemoryBudgetError(ValueError):
+    """Raised before a run whose predicted memory exceeds what the device has."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted bytes of one algorithm's compiled step, per device.
+
+    - `algorithm`: what was estimated, e.g. `"acdc"`.
+    - `arguments`, `outputs`, `temp`: the three figures XLA reports for the compiled step.
+    - `persistent`: buffers held between steps outside the step's arguments (the fast engine's
+        cached clean sources).
+    - `parts`: the named terms (bytes) behind the figures, for the printout.
+    - `mesh_shape`: `(n_batch, n_lane)` the estimate is per device of.
+    - `detail`: e.g. the worst stage of a fast-ACDC run.
+    - `stage`: fast ACDC: the stage the figures are for (the run's worst).
+    """
+
+    algorithm: str
+    arguments: int
+    outputs: int
+    temp: int
+    persistent: int
+    parts: dict
+    mesh_shape: tuple[int, int] = (1, 1)
+    detail: str = ""
+    stage: int | None = None
+
+    @property
+    def step(self) -> int:
+        """`arguments + outputs + temp`: the figure compared with XLA's."""
+        return self.arguments + self.outputs + self.temp
+
+    @property
+    def total(self) -> int:
+        """Everything that must fit on one device: the step plus the persistent buffers."""
+        return self.step + self.persistent
+
+    def __str__(self) -> str:
+        devices = self.mesh_shape[0] * self.mesh_shape[1]
+        where = "" if devices == 1 else f" per device ({devices} devices)"
+        parts = ", ".join(f"{k} {_fmt(v)}" for k, v in self.parts.items() if v)
+        detail = f" [{self.detail}]" if self.detail else ""
+        return f"{self.algorithm}: ~{_fmt(self.total)}{where}{detail}: {parts}"
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact argument sizes
+# ---------------------------------------------------------------------------------------------
+
+
+def weight_bytes(cfg) -> int:
+    """Bytes of a [`jacdc.models.Transformer`][]'s float32 weights."""
+    d, e, H, m, L = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp or 0, cfg.n_layers
+    ln = 2 * d if cfg.normalization != "none" else 0
+    block = ln + 4 * H * d * e + 3 * H * e + d
+    if cfg.has_mlp:
+        block += ln + 2 * d * m + m + d
+    total = cfg.d_vocab * d + cfg.n_ctx * d + L * block + ln + d * cfg.vocab_out + cfg.vocab_out
+    return total * _F32
+
+
+def source_bytes(cfg, batch: int, seq: int, itemsize: int = _F32) -> int:
+    """Bytes of batched [`jacdc.models.Sources`][]: `B (N S d + 3 L H S e)` floats."""
+    shape = cfg.graph_shape
+    per = shape.n_src * seq * cfg.d_model + 3 * cfg.n_layers * cfg.n_heads * seq * cfg.d_head
+    return batch * per * itemsize
+
+
+def _array_bytes(tree, batch: int | None = None, per_device_batch: int | None = None) -> int:
+    """Bytes of a pytree's arrays; leaves with a leading axis of length `batch` are counted at
+    `per_device_batch` rows (their share on one device of a batch-sharded mesh)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            continue
+        n = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+        if batch and per_device_batch and x.ndim and x.shape[0] == batch:
+            n = n // batch * per_device_batch
+        total += n
+    return total
+
+
+def task_bytes(cfg, batch: int, seq: int, n_pos: int = 1, task=None, n_batch: int = 1) -> int:
+    """Bytes of a task's arrays per device. Exact when `task` is given; otherwise the tokens
+    and a KL metric (clean log-probs `B P V`, weights `B P`)."""
+    if task is not None:
+        return _array_bytes(task, task.batch, task.batch // n_batch)
+    b = batch // n_batch
+    return (2 * b * seq + n_pos + b * n_pos * cfg.vocab_out + b * n_pos) * _F32
+
+
+# ---------------------------------------------------------------------------------------------
+# Receivers
+# ---------------------------------------------------------------------------------------------
+
+
+def _n_prefix(shape, stage: int) -> int:
+    if stage == 0:
+        return 0
+    if stage == 2 * shape.n_layers:
+        return shape.n_src
+    layer, part = divmod(stage, 2)
+    return shape.n_src_before_layer(layer) if part == 0 else shape.n_src_before_mlp(layer)
+
+
+def _receiver_groups(shape, stage: int) -> list[tuple[str, int]]:
+    """`(kind, n_sources)` of each receiver group that runs when the forward starts at
+    `stage` (a layer's 3H q/k/v inputs are one group: they share one stack of sources)."""
+    groups = []
+    for layer in range(shape.n_layers):
+        if 2 * layer >= stage:
+            groups.append(("attn", shape.n_src_before_layer(layer)))
+        if shape.has_mlp and 2 * layer + 1 >= stage:
+            groups.append(("mlp", shape.n_src_before_mlp(layer)))
+    groups.append(("out", shape.n_src))
+    return groups
+
+
+def _stages(shape) -> list[int]:
+    return [s for s in range(2 * shape.n_layers + 1) if shape.has_mlp or s % 2 == 0 or
+            s == 2 * shape.n_layers]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-algorithm estimates
+# ---------------------------------------------------------------------------------------------
+
+
+def _per_device(batch: int, lanes: int, mesh_shape) -> tuple[int, int]:
+    n_batch, n_lane = mesh_shape
+    return max(1, batch // n_batch), max(1, math.ceil(lanes / n_lane))
+
+
+def _itemsize(dtype) -> int:
+    return _F32 if dtype is None else np.dtype(dtype).itemsize
+
+
+def acdc_memory(
+    cfg,
+    batch: int,
+    seq: int,
+    *,
+    candidates: int,
+    n_pos: int = 1,
+    task=None,
+    mesh_shape: tuple[int, int] = (1, 1),
+    source_dtype=None,
+    stage: int | None = None,
+    suffix: bool | str = True,
+) -> MemoryEstimate:
+    """Bytes of the fast ACDC engine, per device.
+
+    **Arguments:**
+
+    - `cfg`: the [`jacdc.models.TransformerConfig`][].
+    - `batch`, `seq`: the task's shape; `n_pos`: metric positions (`len(logit_positions)`).
+    - `candidates`: lanes per device call (`acdc_sweep(candidates=...)`).
+    - `task`: the task itself, to count its arrays exactly (else: tokens + a KL metric).
+    - `mesh_shape`: `(n_batch, n_lane)` from [`jacdc._sharding.make_mesh`][].
+    - `source_dtype`: dtype of the stored source buffers (`jnp.bfloat16` halves them).
+    - `stage`: one call starting at this stage; `None`: the run's worst stage.
+    - `suffix`: the engine's suffix recomputation (`False`: every call starts at stage 0 and
+        no clean sources are cached; `"auto"` counts as `True`, the larger).
+
+    **Returns:** a [`MemoryEstimate`][].
+    """
+    if task is not None:
+        n_pos = int(np.size(task.logit_positions))
+    shape = cfg.graph_shape
+    B, K = _per_device(batch, candidates, mesh_shape)
+    fs = _itemsize(source_dtype)
+    n_edges = shape.n_edges()
+    fixed = {
+        "weights": weight_bytes(cfg),
+        "task": task_bytes(cfg, batch, seq, n_pos, task, mesh_shape[0]),
+        "corrupted sources": source_bytes(cfg, B, seq, fs),
+        "candidate masks": K * n_edges * _F32,
+    }
+    persistent = B * shape.n_src * seq * cfg.d_model * fs if suffix else 0
+    stages = [0] if not suffix else (_stages(shape) if stage is None else [stage])
+    best = None
+    for s in stages:
+        prefix = B * _n_prefix(shape, s) * seq * cfg.d_model * fs
+        temp = _acdc_temp(cfg, B, seq, K, n_pos, s)
+        step = sum(fixed.values()) + prefix + K * _F32 + temp
+        if best is None or step > best[0]:
+            best = (step, s, prefix, temp)
+    _, s, prefix, temp = best
+    parts = dict(fixed, **{"clean prefix": prefix, "activations": temp,
+                           "cached clean sources": persistent})  # fmt: skip
+    return MemoryEstimate(
+        "acdc", sum(fixed.values()) + prefix, K * _F32, temp, persistent, parts,
+        tuple(mesh_shape), f"{K} candidates, stage {s}", s,
+    )  # fmt: skip
+
+
+def _acdc_temp(cfg, B, S, K, P, stage) -> int:
+    shape = cfg.graph_shape
+    H, e, V = cfg.n_heads, cfg.d_head, cfg.vocab_out
+    bsd = B * S * cfg.d_model * _F32  # the forward's temporaries are float32
+    n_pre = _n_prefix(shape, stage)
+    groups = _receiver_groups(shape, stage)
+    n_attn = sum(kind == "attn" for kind, _ in groups)
+    n_mlp = sum(kind == "mlp" for kind, _ in groups)
+    stack = max((K if n > n_pre else 1) * bsd * n for _, n in groups)
+    corrupted_copies = bsd * sum(n for _, n in groups)
+    corrupted_mix = K * bsd * (3 * H * n_attn + n_mlp + 1)
+    qkv = K * B * S * 3 * H * e * _F32 * n_attn
+    logits = K * B * P * V * _F32
+    return int(
+        1.5 * stack + 0.75 * corrupted_copies + 0.25 * corrupted_mix + qkv + 2 * logits
+    )
+
+
+# Coefficients of the gradient terms, calibrated against XLA (see the module docstring):
+# (stacks, corrupted_copies, mixes, qkv, patterns, hidden, largest stack).
+_EAP_COEF = (1.0, 0.75, 3.5, 3.0, 2.0, 1.0, 0.0)
+_SP_COEF = (1.4, 1.2, 0.9, 0.0, 10.0, 4.0, 3.0)
+
+
+def _grad_temp(cfg, B, S, K, coef) -> int:
+    shape = cfg.graph_shape
+    H, e, L = cfg.n_heads, cfg.d_head, cfg.n_layers
+    bsd = B * S * cfg.d_model * _F32
+    reads = [n for _, n in _receiver_groups(shape, 0)]
+    terms = (
+        K * bsd * sum(reads),  # every receiver's stack of sources, saved for the backward
+        bsd * sum(reads),  # the corrupted sources laid out per receiver
+        K * bsd * 3 * H * L,  # mixed q/k/v inputs (and their LayerNorm)
+        K * B * S * 3 * H * e * _F32 * L,  # q, k, v
+        K * B * H * S * S * _F32 * L,  # attention scores and patterns
+        K * B * S * (cfg.d_mlp or 0) * _F32 * L,  # MLP hidden units
+        K * bsd * max(reads),  # the backward's largest stack gradient
+    )
+    return int(sum(c * t for c, t in zip(coef, terms)))
+
+
+def _mask_bytes(shape) -> int:
+    L, H, n = shape.n_layers, shape.n_heads, shape.n_src
+    return (3 * L * H * n + L * n + n + 3 * L * H) * _F32
+
+
+def eap_memory(
+    cfg,
+    batch: int,
+    seq: int,
+    *,
+    steps: int = 1,
+    n_pos: int = 1,
+    task=None,
+    mesh_shape: tuple[int, int] = (1, 1),
+) -> MemoryEstimate:
+    """Bytes of EAP (`steps=1`) or EAP-IG with `steps` points (vmapped), per device. Arguments
+    as [`acdc_memory`][]; the batch is sharded, the points are not."""
+    if task is not None:
+        n_pos = int(np.size(task.logit_positions))
+    B = max(1, batch // mesh_shape[0])
+    K = steps
+    args = {
+        "weights": weight_bytes(cfg),
+        "task": task_bytes(cfg, batch, seq, n_pos, task, mesh_shape[0]),
+        "corrupted sources": source_bytes(cfg, B, seq),
+    }
+    out = _mask_bytes(cfg.graph_shape)
+    temp = _grad_temp(cfg, B, seq, K, _EAP_COEF)
+    parts = dict(args, **{"activations (saved for backward)": temp, "gradients": out})
+    return MemoryEstimate("eap", sum(args.values()), out, temp, 0, parts, tuple(mesh_shape),
+                          f"{K} point{'s' if K > 1 else ''}")  # fmt: skip
+
+
+def sp_memory(
+    cfg,
+    batch: int,
+    seq: int,
+    *,
+    n_lambdas: int,
+    n_steps: int = 3000,
+    n_pos: int = 1,
+    task=None,
+    mesh_shape: tuple[int, int] = (1, 1),
+) -> MemoryEstimate:
+    """Bytes of an SP sweep over `n_lambdas` values trained together, per device (lambdas are
+    split over the lane axis). Arguments as [`acdc_memory`][]."""
+    if task is not None:
+        n_pos = int(np.size(task.logit_positions))
+    B, K = _per_device(batch, n_lambdas, mesh_shape)
+    L, H = cfg.n_layers, cfg.n_heads
+    units = L * (3 * H + 1)
+    state = K * units * 3 * _F32 + K * 4  # log_alpha, Adam mu and nu, step count
+    args = {
+        "weights": weight_bytes(cfg),
+        "task": task_bytes(cfg, batch, seq, n_pos, task, mesh_shape[0]),
+        "corrupted sources": source_bytes(cfg, B, seq),
+        "SP state": state + K * 12,  # + lambdas and keys
+    }
+    out = state + 3 * K * n_steps * _F32  # final state + loss/metric/reg histories
+    temp = _grad_temp(cfg, B, seq, K, _SP_COEF)
+    parts = dict(args, **{"activations (saved for backward)": temp, "outputs": out})
+    return MemoryEstimate("sp", sum(args.values()), out, temp, 0, parts, tuple(mesh_shape),
+                          f"{K} lambdas, {n_steps} steps")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# XLA's own figure
+# ---------------------------------------------------------------------------------------------
+
+
+def _sds(shape, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _is_leaf_array(x) -> bool:
+    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct, np.ndarray))
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: _sds(x.shape, x.dtype) if _is_leaf_array(x) else x, tree)
+
+
+def _abstract_inputs(cfg, batch, seq, n_pos, task):
+    from jacdc.models import Sources, Transformer
+    from jacdc.tasks import KLMetric, Task
+
+    model = jax.eval_shape(lambda: Transformer(cfg, key=jr.key(0)))
+    if task is None:
+        tokens = _sds((batch, seq), jnp.int32)
+        task = Task(
+            clean=tokens, corrupted=tokens, corrupted_positions=None,
+            logit_positions=_sds((n_pos,), jnp.int32),
+            metrics={"kl_div": KLMetric(clean_logprobs=_sds((batch, n_pos, cfg.vocab_out)),
+                                        weights=_sds((batch, n_pos)))},
+        )  # fmt: skip
+    task = _abstract(task)
+    L, H = cfg.n_layers, cfg.n_heads
+    qkv = _sds((batch, L, H, seq, cfg.d_head))
+    sources = Sources(
+        resid=_sds((batch, cfg.graph_shape.n_src, seq, cfg.d_model)), q=qkv, k=qkv, v=qkv
+    )
+    return model, task, sources
+
+
+def _compiled_memory(fn, *args) -> dict[str, int]:
+    args = _abstract(args)
+    dynamic, static = eqx.partition(args, _is_leaf_array)
+    compiled = jax.jit(lambda dyn: fn(*eqx.combine(dyn, static))).lower(dynamic).compile()
+    stats = compiled.memory_analysis()
+    out = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "temp": int(stats.temp_size_in_bytes),
+        "alias": int(stats.alias_size_in_bytes),
+    }
+    out["total"] = out["arguments"] + out["outputs"] + out["temp"] - out["alias"]
+    return out
+
+
+def xla_memory(
+    algorithm: str,
+    cfg,
+    batch: int,
+    seq: int,
+    *,
+    n_pos: int = 1,
+    task=None,
+    metric: str = "kl_div",
+    candidates: int = 1,
+    stage: int = 0,
+    steps: int = 1,
+    n_lambdas: int = 1,
+    n_steps: int = 10,
+) -> dict[str, int]:
+    """XLA's own figures for one compiled step on one device, from abstract inputs (nothing is
+    allocated; the step is compiled for the default backend): `arguments`, `outputs`, `temp`,
+    `alias` and `total = arguments + outputs + temp - alias`.
+
+    `algorithm`: `"acdc"` (the fast engine's evaluator of `candidates` circuits at `stage`),
+    `"eap"` (the mask gradient at `steps` points) or `"sp"` (`n_steps` steps of `n_lambdas`
+    lanes). `task`: a task (or its abstract shape) to use instead of tokens + a KL metric."""
+    from . import _acdc, _eap, _sp
+    from ._graph import graph_of
+
+    model, task, sources = _abstract_inputs(cfg, batch, seq, n_pos, task)
+    if algorithm == "acdc":
+        prefix = _sds((batch, _n_prefix(cfg.graph_shape, stage), seq, cfg.d_model))
+        vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
+        return _compiled_memory(
+            lambda m, t, c, p, v: _acdc._eval_candidates(m, t, c, p, v, stage, metric),
+            model, task, sources, prefix, vecs,
+        )  # fmt: skip
+    if algorithm == "eap":
+        return _compiled_memory(
+            lambda m, t, c, a: _eap._mask_grads(m, t, c, a, metric),
+            model, task, sources, _sds((steps,)),
+        )  # fmt: skip
+    if algorithm == "sp":
+        state = jax.eval_shape(lambda: _sp.init_sp_state(cfg.graph_shape, n_lambdas))
+        keys = jax.eval_shape(lambda: jr.split(jr.key(0), n_lambdas))
+        return _compiled_memory(
+            lambda s, lam, lr, k, m, t, c: _sp._sp_train(s, lam, lr, k, m, t, c, metric,
+                                                         n_steps),
+            state, _sds((n_lambdas,)), _sds(()), keys, model, task, sources,
+        )  # fmt: skip
+    raise ValueError(f"Unknown algorithm {algorithm!r}; use 'acdc', 'eap' or 'sp'.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Does it fit?
+# ---------------------------------------------------------------------------------------------
+
+
+def _host_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_memory(device=None) -> tuple[int | None, str]:
+    """`(bytes free for one device, where the figure comes from)`.
+
+    Accelerators: `bytes_limit - bytes_in_use` of `device.memory_stats()`. CPU (and devices
+    without statistics): the host's available memory (`MemAvailable`), shared by all of JAX's
+    CPU devices in this process, so divided by their number."""
+    device = jax.devices()[0] if device is None else device
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends raise instead of returning None
+        stats = None
+    if stats and "bytes_limit" in stats:
+        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return free, f"{device.device_kind} memory_stats"
+    host = _host_available()
+    if host is None:
+        return None, "unknown"
+    n = max(1, len([d for d in jax.local_devices() if d.platform == device.platform]))
+    return host // n, f"host MemAvailable / {n} {device.platform} device(s)"
+
+
+def check_fits(estimate: MemoryEstimate, device=None, *, fraction: float = 0.9) -> None:
+    """Raises [`MemoryBudgetError`][] if `estimate.total` exceeds `fraction` of the memory
+    free on `device` (default: the first device). Does nothing when the free memory is
+    unknown."""
+    free, source = device_memory(device)
+    if free is None or estimate.total <= fraction * free:
+        return
+    raise MemoryBudgetError(
+        f"Not enough memory: {estimate} needs about {_fmt(estimate.total)} per device, but only "
+        f"{_fmt(free)} is free ({source}). Reduce the batch, the candidates/lambdas per call "
+        "(--candidates), or shard over more devices (--devices); on accelerators, bf16 source "
+        "buffers halve the source terms."
+    )
