@@ -78,8 +78,9 @@ def bench_tracr() -> dict:
     from jacdc import tasks
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", FAST_TRACR], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAST_TRACR], capture_output=True, text=True, check=True
+    )
     fast_wall = time.perf_counter() - start
     fast = json.loads(proc.stdout.strip().splitlines()[-1])
     ref_wall, ref_tests, ref_forward, agree = 0.0, 0, 0, True
@@ -89,25 +90,42 @@ def bench_tracr() -> dict:
         for zero in (False, True):
             key = f"{name}/{'zero' if zero else 'corrupted'}"
             t = time.perf_counter()
-            rs = jacdc.acdc_sweep(bundle.model, bundle.val, PAPER_TAUS, metric="l2",
-                                  zero_ablation=zero, engine="reference")
+            rs = jacdc.acdc_sweep(
+                bundle.model,
+                bundle.val,
+                PAPER_TAUS,
+                metric="l2",
+                zero_ablation=zero,
+                engine="reference",
+            )
             wall = time.perf_counter() - t
             ref_wall += wall
             ref_tests += sum(r.n_tests for r in rs)
             ref_forward += sum(r.n_forward for r in rs)
             same = [r.present_ids for r in rs] == fast[key]["present"]
             agree &= same
-            per_key[key] = {"reference_wall_s": wall, "edges": [r.n_edges for r in rs],
-                            "same_circuits_as_fast": same,
-                            "fast_device_calls": fast[key]["n_calls"]}
+            per_key[key] = {
+                "reference_wall_s": wall,
+                "edges": [r.n_edges for r in rs],
+                "same_circuits_as_fast": same,
+                "fast_device_calls": fast[key]["n_calls"],
+            }
     fast_tests = sum(v["n_tests"] for k, v in fast.items() if "/" in k)
     return {
         "workload": "paper tracr sweep: 21 tau x 2 ablations x 2 tasks (84 runs)",
-        "fast": {"wall_s": fast_wall, "wall_s_excluding_process_start": fast["wall_s_in_process"],
-                 "edge_tests": fast_tests, "edges_per_s": fast_tests / fast_wall,
-                 "candidate_evaluations": sum(v["n_evals"] for k, v in fast.items() if "/" in k)},
-        "reference": {"wall_s": ref_wall, "edge_tests": ref_tests, "forward_passes": ref_forward,
-                      "edges_per_s": ref_tests / ref_wall},
+        "fast": {
+            "wall_s": fast_wall,
+            "wall_s_excluding_process_start": fast["wall_s_in_process"],
+            "edge_tests": fast_tests,
+            "edges_per_s": fast_tests / fast_wall,
+            "candidate_evaluations": sum(v["n_evals"] for k, v in fast.items() if "/" in k),
+        },
+        "reference": {
+            "wall_s": ref_wall,
+            "edge_tests": ref_tests,
+            "forward_passes": ref_forward,
+            "edges_per_s": ref_tests / ref_wall,
+        },
         "speedup_wall": ref_wall / fast_wall,
         "same_circuits": agree,
         "runs": per_key,
@@ -122,9 +140,13 @@ def induction_task(model, batch=10, seq=300, seed=0):
     clean = jnp.asarray(np.concatenate([first, first], axis=1), jnp.int32)
     corrupted = clean[np.random.default_rng(42).permutation(batch)]
     positions = jnp.arange(half, seq)
-    return Task(clean=clean, corrupted=corrupted, corrupted_positions=None,
-                logit_positions=positions,
-                metrics={"kl_div": kl_metric(model, clean, positions)})
+    return Task(
+        clean=clean,
+        corrupted=corrupted,
+        corrupted_positions=None,
+        logit_positions=positions,
+        metrics={"kl_div": kl_metric(model, clean, positions)},
+    )
 
 
 def ioi_task(model, batch=50, seq=15, seed=0):
@@ -132,9 +154,13 @@ def ioi_task(model, batch=50, seq=15, seed=0):
     clean = jnp.asarray(rng.integers(0, model.cfg.d_vocab, (batch, seq)), jnp.int32)
     corrupted = jnp.asarray(rng.integers(0, model.cfg.d_vocab, (batch, seq)), jnp.int32)
     positions = jnp.array([seq - 1])
-    return Task(clean=clean, corrupted=corrupted, corrupted_positions=None,
-                logit_positions=positions,
-                metrics={"kl_div": kl_metric(model, clean, positions)})
+    return Task(
+        clean=clean,
+        corrupted=corrupted,
+        corrupted_positions=None,
+        logit_positions=positions,
+        metrics={"kl_div": kl_metric(model, clean, positions)},
+    )
 
 
 def _timed(fn):
@@ -154,12 +180,17 @@ def _calibrate_tau(model, task, prefix, keep=0.03) -> float:
 def bench_model(name, model, task, tau, *, fast_full: bool, fast_prefix, ref_prefix) -> dict:
     fast_args = {} if fast_full else {"max_tests": fast_prefix}
     # Compile outside the timing? No: compilation is part of a user's wall time. Report both.
-    (fast,), fast_wall = _timed(lambda: jacdc.acdc_sweep(model, task, [tau], metric="kl_div",
-                                                          **fast_args))
-    (again,), fast_wall_warm = _timed(lambda: jacdc.acdc_sweep(model, task, [tau],
-                                                                metric="kl_div", **fast_args))
-    (ref,), ref_wall = _timed(lambda: jacdc.acdc_sweep(model, task, [tau], metric="kl_div",
-                                                        engine="reference", max_tests=ref_prefix))
+    (fast,), fast_wall = _timed(
+        lambda: jacdc.acdc_sweep(model, task, [tau], metric="kl_div", **fast_args)
+    )
+    (again,), fast_wall_warm = _timed(
+        lambda: jacdc.acdc_sweep(model, task, [tau], metric="kl_div", **fast_args)
+    )
+    (ref,), ref_wall = _timed(
+        lambda: jacdc.acdc_sweep(
+            model, task, [tau], metric="kl_div", engine="reference", max_tests=ref_prefix
+        )
+    )
     n = min(ref.n_tests, fast.n_tests)
     agree = [r["removed"] for r in ref.log if not r["skipped"]][:n] == [
         r["removed"] for r in fast.log if not r["skipped"]
@@ -167,17 +198,28 @@ def bench_model(name, model, task, tau, *, fast_full: bool, fast_prefix, ref_pre
     return {
         "workload": name,
         "config": {k: v for k, v in vars(model.cfg).items()},
-        "batch": task.batch, "seq": task.seq,
+        "batch": task.batch,
+        "seq": task.seq,
         "metric_positions": int(np.asarray(task.logit_positions).size),
         "n_edges_graph": len(jacdc.graph_of(model.graph_shape)),
         "tau": tau,
-        "fast": {"edge_tests": fast.n_tests, "wall_s": fast_wall, "wall_s_warm": fast_wall_warm,
-                 "edges_per_s": fast.n_tests / fast_wall,
-                 "edges_per_s_warm": fast.n_tests / fast_wall_warm,
-                 "candidate_evaluations": fast.n_forward, "device_calls": fast.n_calls,
-                 "edges_kept": fast.n_edges if fast_full else None, "complete_run": fast_full},
-        "reference": {"edge_tests": ref.n_tests, "wall_s": ref_wall,
-                      "forward_passes": ref.n_forward, "edges_per_s": ref.n_tests / ref_wall},
+        "fast": {
+            "edge_tests": fast.n_tests,
+            "wall_s": fast_wall,
+            "wall_s_warm": fast_wall_warm,
+            "edges_per_s": fast.n_tests / fast_wall,
+            "edges_per_s_warm": fast.n_tests / fast_wall_warm,
+            "candidate_evaluations": fast.n_forward,
+            "device_calls": fast.n_calls,
+            "edges_kept": fast.n_edges if fast_full else None,
+            "complete_run": fast_full,
+        },
+        "reference": {
+            "edge_tests": ref.n_tests,
+            "wall_s": ref_wall,
+            "forward_passes": ref.n_forward,
+            "edges_per_s": ref.n_tests / ref_wall,
+        },
         "edges_per_s_ratio": (fast.n_tests / fast_wall) / (ref.n_tests / ref_wall),
         "edges_per_s_ratio_warm": (fast.n_tests / fast_wall_warm) / (ref.n_tests / ref_wall),
         "same_decisions_on_common_prefix": agree,
@@ -201,24 +243,45 @@ def main(argv=None):
         doc["a_tracr_sweep"] = bench_tracr()
         print(json.dumps(doc["a_tracr_sweep"], indent=1)[:1500])
     if "b" in only:
-        cfg = TransformerConfig(n_layers=2, n_heads=8, d_model=256, d_head=32, d_mlp=None,
-                                d_vocab=50259, n_ctx=300, positional="shortformer")
+        cfg = TransformerConfig(
+            n_layers=2,
+            n_heads=8,
+            d_model=256,
+            d_head=32,
+            d_mlp=None,
+            d_vocab=50259,
+            n_ctx=300,
+            positional="shortformer",
+        )
         model = Transformer(cfg, key=jr.key(0))
         task = induction_task(model)
         tau = _calibrate_tau(model, task, 305, keep=0.05)
         doc["b_induction_shaped"] = bench_model(
-            "random 2x8 attention-only (redwood shape), 10 x 300 induction-shaped", model, task,
-            tau, fast_full=True, fast_prefix=None, ref_prefix=args.ref_prefix_b)
+            "random 2x8 attention-only (redwood shape), 10 x 300 induction-shaped",
+            model,
+            task,
+            tau,
+            fast_full=True,
+            fast_prefix=None,
+            ref_prefix=args.ref_prefix_b,
+        )
         print(json.dumps(doc["b_induction_shaped"], indent=1))
     if "c" in only:
-        cfg = TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072,
-                                d_vocab=50257, n_ctx=1024)
+        cfg = TransformerConfig(
+            n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
+        )
         model = Transformer(cfg, key=jr.key(0))
         task = ioi_task(model)
         tau = _calibrate_tau(model, task, args.prefix, keep=0.03)
         doc["c_gpt2_ioi_shaped"] = bench_model(
-            "random GPT-2-small shape, IOI-shaped 50 x 15", model, task, tau, fast_full=False,
-            fast_prefix=args.prefix, ref_prefix=args.prefix)
+            "random GPT-2-small shape, IOI-shaped 50 x 15",
+            model,
+            task,
+            tau,
+            fast_full=False,
+            fast_prefix=args.prefix,
+            ref_prefix=args.prefix,
+        )
         print(json.dumps(doc["c_gpt2_ioi_shaped"], indent=1))
     from jacdc._results import atomic_write_json
 

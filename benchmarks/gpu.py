@@ -252,8 +252,11 @@ def probe_tau(model, task, corrupted, n_lanes: int, n_probe: int, target: int, s
     prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)
     full = np.ones((n_lanes, E), np.float32)
     t = time.perf_counter()
-    base = float(np.asarray(_acdc._eval_candidates(model, task, corrupted, prefix,
-                                                   jnp.asarray(full), 0, "kl_div"))[0])
+    base = float(
+        np.asarray(
+            _acdc._eval_candidates(model, task, corrupted, prefix, jnp.asarray(full), 0, "kl_div")
+        )[0]
+    )
     first_call_s = time.perf_counter() - t
     effects = []
     t = time.perf_counter()
@@ -261,8 +264,9 @@ def probe_tau(model, task, corrupted, n_lanes: int, n_probe: int, target: int, s
         chunk = edges[i : i + n_lanes]
         vecs = full.copy()
         vecs[np.arange(len(chunk)), chunk] = 0.0
-        out = np.asarray(_acdc._eval_candidates(model, task, corrupted, prefix,
-                                                jnp.asarray(vecs), 0, "kl_div"))
+        out = np.asarray(
+            _acdc._eval_candidates(model, task, corrupted, prefix, jnp.asarray(vecs), 0, "kl_div")
+        )
         effects.extend((out[: len(chunk)] - base).tolist())
     effects = np.array(effects)
     q = min(max(1.0 - target / E, 0.0), 1.0)
@@ -383,14 +387,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="tiny model on CPU (the test suite)")
     p.add_argument("--out", default=None, help=f"JSON path (default {RESULTS})")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="wall-clock budget (default 420 s; 120 s with --small)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget (default 420 s; 120 s with --small)",
+    )
     p.add_argument("--batch", type=int, default=None, help="default 100 (8 with --small)")
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--candidates", type=int, default=None, help="ACDC lanes (default: auto)")
     p.add_argument("--tau", type=float, default=None, help="skip the calibration")
-    p.add_argument("--target-edges", type=int, default=None,
-                   help="edges tau should keep (default 400; a tenth of the graph with --small)")
+    p.add_argument(
+        "--target-edges",
+        type=int,
+        default=None,
+        help="edges tau should keep (default 400; a tenth of the graph with --small)",
+    )
     p.add_argument("--probe", type=int, default=None, help="edges probed (default 1024)")
     p.add_argument("--sp-lambdas", type=int, default=4, help="most lambdas trained together")
     p.add_argument("--sp-steps", type=int, default=None, help="default 100 (5 with --small)")
@@ -448,8 +460,10 @@ def main(argv=None) -> int:
         "edges": len(jacdc.graph_of(model.graph_shape)),
         "forward_flops_full": stage_flops(model, task, 0),
     }  # fmt: skip
-    log(f"setup done in {clock.elapsed:.1f} s: {doc['workload']['edges']} edges, "
-        f"{doc['workload']['forward_flops_full'] / 1e9:.1f} GFLOP per candidate forward")
+    log(
+        f"setup done in {clock.elapsed:.1f} s: {doc['workload']['edges']} edges, "
+        f"{doc['workload']['forward_flops_full'] / 1e9:.1f} GFLOP per candidate forward"
+    )
     n_lanes = args.candidates or _acdc.auto_candidates(model, task, 1)
     peak = doc["peak_flops_per_s"]
 
@@ -470,8 +484,10 @@ def main(argv=None) -> int:
                           "kl_div")  # fmt: skip
     del prefix
     doc["acdc"] = {"memory": compare(estimate, xla)}
-    log(f"ACDC step at stage {stage}: predicted {estimate.step / 2**30:.2f} GiB, XLA "
-        f"{xla.get('total', 0) / 2**30:.2f} GiB ({xla.get('compile_s', 0):.1f} s to compile)")
+    log(
+        f"ACDC step at stage {stage}: predicted {estimate.step / 2**30:.2f} GiB, XLA "
+        f"{xla.get('total', 0) / 2**30:.2f} GiB ({xla.get('compile_s', 0):.1f} s to compile)"
+    )
     target = args.target_edges or (max(4, doc["workload"]["edges"] // 10) if small else 400)
     doc["acdc"]["target_edges"] = target
     if args.tau is None:
@@ -486,8 +502,10 @@ def main(argv=None) -> int:
     log(f"compiling the evaluator for every stage ({workers} threads) ...")
     try:
         doc["acdc"]["precompile"] = precompile_stages(model, task, corrupted, n_lanes, workers)
-        log(f"  compiled in {doc['acdc']['precompile']['wall_s']:.1f} s "
-            f"(sum over stages {doc['acdc']['precompile']['sum_s']:.1f} s)")
+        log(
+            f"  compiled in {doc['acdc']['precompile']['wall_s']:.1f} s "
+            f"(sum over stages {doc['acdc']['precompile']['sum_s']:.1f} s)"
+        )
     except Exception as e:  # the run compiles on demand instead
         doc["acdc"]["precompile"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         log(f"  precompilation failed ({doc['acdc']['precompile']['error']}); compiling on demand")
@@ -499,36 +517,43 @@ def main(argv=None) -> int:
     doc["acdc"].update(acdc)
     doc["acdc"]["tau_source"] = "--tau" if args.tau is not None else "probe quantile"
     doc["acdc"]["peak_memory"] = device_peak_bytes()
-    log(f"ACDC: {acdc['edge_tests']} tests in {acdc['wall_s']:.1f} s "
+    log(
+        f"ACDC: {acdc['edge_tests']} tests in {acdc['wall_s']:.1f} s "
         f"({acdc['edges_per_s']:.0f}/s; {acdc['edges_per_s_excluding_first_calls']:.0f}/s "
         f"without compiling calls), kept {acdc['edges_kept']} edges"
-        + (" [TRUNCATED]" if acdc["truncated"] else ""))
+        + (" [TRUNCATED]" if acdc["truncated"] else "")
+    )
     write()
 
     # ---- EAP ----
-    estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
-    _memory.check_fits(estimate)
-    alphas = jnp.ones((1,), jnp.float32)
-    xla = xla_step_memory(_eap._mask_grads, model, task, corrupted, alphas, "kl_div")
-    t = time.perf_counter()
-    scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
-    cold = time.perf_counter() - t
-    reps, t = 0, time.perf_counter()
-    while reps < 3 and (reps == 0 or time.perf_counter() - t < 0.1 * max(clock.left, 0)):
+    try:
+        estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
+        _memory.check_fits(estimate)
+        alphas = jnp.ones((1,), jnp.float32)
+        xla = xla_step_memory(_eap._mask_grads, model, task, corrupted, alphas, "kl_div")
+        t = time.perf_counter()
         scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
-        reps += 1
-    warm = (time.perf_counter() - t) / reps
-    eap_flops = 3 * stage_flops(model, task, 0)  # forward + backward
-    doc["eap"] = {
-        "memory": compare(estimate, xla),
-        "first_call_s": cold, "warm_s": warm, "reps": reps,
-        "edges_scored_per_s": len(scores) / warm,
-        "flops_estimate": eap_flops, "achieved_flops_per_s": eap_flops / warm,
-        "achieved_vs_peak": vs_peak(eap_flops / warm),
-        "peak_memory": device_peak_bytes(),
-        "max_abs_score": float(np.max(np.abs(scores))),
-    }  # fmt: skip
-    log(f"EAP: {warm * 1e3:.1f} ms per gradient warm ({cold:.1f} s first call)")
+        cold = time.perf_counter() - t
+        reps, t = 0, time.perf_counter()
+        while reps < 3 and (reps == 0 or time.perf_counter() - t < 0.1 * max(clock.left, 0)):
+            scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
+            reps += 1
+        warm = (time.perf_counter() - t) / reps
+        eap_flops = 3 * stage_flops(model, task, 0)  # forward + backward
+        doc["eap"] = {
+            "memory": compare(estimate, xla),
+            "first_call_s": cold, "warm_s": warm, "reps": reps,
+            "edges_scored_per_s": len(scores) / warm,
+            "flops_estimate": eap_flops, "achieved_flops_per_s": eap_flops / warm,
+            "achieved_vs_peak": vs_peak(eap_flops / warm),
+            "peak_memory": device_peak_bytes(),
+            "max_abs_score": float(np.max(np.abs(scores))),
+        }  # fmt: skip
+        log(f"EAP: {warm * 1e3:.1f} ms per gradient warm ({cold:.1f} s first call)")
+        write()
+    except Exception as e:  # e.g. out of memory: record it, go on to SP
+        doc["eap"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        log(f"EAP failed: {doc['eap']['error']}")
     write()
 
     # ---- SP ----
@@ -544,19 +569,30 @@ def main(argv=None) -> int:
             n_lam -= 1
         else:
             sp_batch //= 2
-    sp_task = task if sp_batch == task.batch else jax.tree.map(
-        lambda x: x[:sp_batch] if hasattr(x, "shape") and x.ndim and x.shape[0] == task.batch
-        else x, task)  # fmt: skip
-    sp_corr = corrupted if sp_batch == task.batch else jax.tree.map(
-        lambda x: x[:sp_batch], corrupted)  # fmt: skip
+
+    def shrink(tree, b):
+        return jax.tree.map(
+            lambda x: x[:b] if hasattr(x, "shape") and x.ndim and x.shape[0] == task.batch else x,
+            tree,
+        )
+
     lambdas = list(np.logspace(-2, 1, n_lam)) if n_lam > 1 else [0.1]
-    log(f"SP: {n_lam} lambdas x {sp_steps} steps on batch {sp_batch}: {estimate}")
     state = _sp.init_sp_state(model.graph_shape, n_lam)
     keys = jr.split(jr.key(args.seed), n_lam)
     lam_arr = jnp.asarray(lambdas, jnp.float32)
     lr = jnp.asarray(1e-3, jnp.float32)
-    xla = xla_step_memory(_sp._sp_train, state, lam_arr, lr, keys, model, sp_task, sp_corr,
-                          "kl_div", sp_steps)  # fmt: skip
+    for _ in range(3):  # XLA's own figure has the last word: halve the batch if it won't fit
+        sp_task, sp_corr = shrink(task, sp_batch), shrink(corrupted, sp_batch)
+        log(f"SP: {n_lam} lambdas x {sp_steps} steps on batch {sp_batch}: {estimate}")
+        xla = xla_step_memory(_sp._sp_train, state, lam_arr, lr, keys, model, sp_task, sp_corr,
+                              "kl_div", sp_steps)  # fmt: skip
+        if free is None or xla.get("total", 0) <= 0.95 * free or sp_batch <= 8:
+            break
+        log(f"  XLA needs {xla['total'] / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free: "
+            "halving the batch")  # fmt: skip
+        sp_batch //= 2
+        estimate = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
+                                     n_steps=sp_steps)  # fmt: skip
     sp_doc = {"memory": compare(estimate, xla), "lambdas": [float(x) for x in lambdas],
               "batch": sp_batch, "steps": sp_steps}  # fmt: skip
     try:

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jacdc.models import Transformer, TransformerConfig, empty_sources
 
 from jacdc import EdgeMask
+from jacdc.models import Transformer, TransformerConfig, empty_sources
 
 
 def induction_config(
@@ -312,9 +312,8 @@ def main(argv=None):
         f"induction head 1.{ind} (scores {np.round(ind_scores, 2).tolist()})"
     )
     if args.acdc is not None:
-        from jacdc.tasks import make_induction_task
-
         import jacdc
+        from jacdc.tasks import make_induction_task
 
         data = (np.asarray(tokens), np.asarray(mask))
         bundle = make_induction_task(model, data=data, n_val=50, n_test=50)

@@ -3,10 +3,10 @@
 import importlib.metadata
 
 from ._acdc import (
+    ACDCResult as ACDCResult,
     acdc as acdc,
     acdc_nodes as acdc_nodes,
     acdc_sweep as acdc_sweep,
-    ACDCResult as ACDCResult,
 )
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
@@ -27,8 +27,8 @@ from ._graph import (
     Edge as Edge,
     EdgeMask as EdgeMask,
     Graph as Graph,
-    graph_of as graph_of,
     GraphShape as GraphShape,
+    graph_of as graph_of,
     set_edge as set_edge,
 )
 from ._hisp import HISPResult as HISPResult, hisp as hisp, hisp_scores as hisp_scores
@@ -63,6 +63,7 @@ from ._sp import (
     unit_ablation_sources as unit_ablation_sources,
     unit_names as unit_names,
 )
+
 
 try:
     __version__ = importlib.metadata.version("jacdc")

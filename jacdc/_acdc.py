@@ -120,7 +120,9 @@ def acdc_nodes(shape: GraphShape) -> list[Node]:
     ]
     for layer in range(L - 1, -1, -1):
         if shape.has_mlp:
-            nodes.append(Node(f"blocks.{layer}.hook_mlp_out", "mlp_out", layer, -1, (), 2 * layer + 1))
+            nodes.append(
+                Node(f"blocks.{layer}.hook_mlp_out", "mlp_out", layer, -1, (), 2 * layer + 1)
+            )
             nodes.append(
                 Node(
                     f"blocks.{layer}.hook_mlp_in",
@@ -132,7 +134,9 @@ def acdc_nodes(shape: GraphShape) -> list[Node]:
                 )
             )
         for h in range(H - 1, -1, -1):
-            nodes.append(Node(f"blocks.{layer}.attn.hook_result[{h}]", "result", layer, h, (), 2 * layer))
+            nodes.append(
+                Node(f"blocks.{layer}.attn.hook_result[{h}]", "result", layer, h, (), 2 * layer)
+            )
         for channel in (2, 1, 0):
             c = QKV[channel]
             for h in range(H - 1, -1, -1):
@@ -314,7 +318,15 @@ def _validate(model, task, thresholds, metric):
 
 
 def _reference_run(
-    model, task, threshold, *, metric, zero_ablation, abs_value, corrupted, progress,
+    model,
+    task,
+    threshold,
+    *,
+    metric,
+    zero_ablation,
+    abs_value,
+    corrupted,
+    progress,
     max_tests=None,
 ) -> ACDCResult:
     shape = model.graph_shape
@@ -489,16 +501,33 @@ class _Lanes:
         self.n_calls += 1
         self.n_evals += n_used
         out = _eval_candidates(
-            self.model, self.task, self.corrupted, self.prefix(stage), jnp.asarray(vecs),
-            stage, self.metric,
+            self.model,
+            self.task,
+            self.corrupted,
+            self.prefix(stage),
+            jnp.asarray(vecs),
+            stage,
+            self.metric,
         )
         return np.asarray(out, np.float64)
 
 
 def _fast_sweep(
-    model, task, thresholds, *, metric, zero_ablation, abs_value, corrupted, n_lanes, progress,
-    checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-    stop_after_nodes: int | None = None, suffix: bool = True, max_tests: int | None = None,
+    model,
+    task,
+    thresholds,
+    *,
+    metric,
+    zero_ablation,
+    abs_value,
+    corrupted,
+    n_lanes,
+    progress,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    stop_after_nodes: int | None = None,
+    suffix: bool = True,
+    max_tests: int | None = None,
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
@@ -507,8 +536,11 @@ def _fast_sweep(
     lanes = _Lanes(model, task, corrupted, metric, n_lanes)
     circuits = [_Circuit(shape, graph) for _ in range(S)]
     # The full model's metric, through the same compiled evaluator the run uses.
-    initial = float(lanes.evaluate(2 * shape.n_layers if suffix else 0,
-                                   np.ones((n_lanes, len(graph)), np.float32), 1)[0])
+    initial = float(
+        lanes.evaluate(
+            2 * shape.n_layers if suffix else 0, np.ones((n_lanes, len(graph)), np.float32), 1
+        )[0]
+    )
     lanes.n_calls, lanes.n_evals = 0, 0
     _check_finite(initial, "for the full model (no edge removed)")
     curs = [initial] * S
@@ -538,7 +570,8 @@ def _fast_sweep(
                 pos[s] = len(incoming)
         while True:
             active = [
-                s for s in range(S)
+                s
+                for s in range(S)
                 if pos[s] < len(incoming) and (max_tests is None or n_tests[s] < max_tests)
             ]
             if not active:
@@ -555,8 +588,7 @@ def _fast_sweep(
             for members in groups.values():
                 first = members[0]
                 budget = min(
-                    len(incoming) if max_tests is None else max_tests - n_tests[s]
-                    for s in members
+                    len(incoming) if max_tests is None else max_tests - n_tests[s] for s in members
                 )
                 k = min(per, len(incoming) - pos[first], lanes.n_lanes - lane, budget)
                 if k <= 0:
@@ -585,9 +617,7 @@ def _fast_sweep(
                         if abs_value:
                             delta = abs(delta)
                         removed = bool(delta < thresholds[s])
-                        logs[s].append(
-                            _record(graph, i, node, curs[s], new, delta, removed, False)
-                        )
+                        logs[s].append(_record(graph, i, node, curs[s], new, delta, removed, False))
                         pos[s] += 1
                         if removed:
                             circuits[s].present[i] = False
@@ -606,8 +636,12 @@ def _fast_sweep(
                 {
                     "next_node": node_index + 1,
                     "states": [
-                        {"circuit": circuits[s].to_state(), "cur": curs[s], "log": logs[s],
-                         "n_tests": n_tests[s]}
+                        {
+                            "circuit": circuits[s].to_state(),
+                            "cur": curs[s],
+                            "log": logs[s],
+                            "n_tests": n_tests[s],
+                        }
                         for s in range(S)
                     ],
                     "n_calls": lanes.n_calls,
@@ -692,8 +726,15 @@ def acdc_sweep(
             raise ValueError("Checkpoints are supported by the fast engine only.")
         return [
             _reference_run(
-                model, task, t, metric=metric, zero_ablation=zero_ablation, abs_value=abs_value,
-                corrupted=corrupted, progress=progress, max_tests=max_tests,
+                model,
+                task,
+                t,
+                metric=metric,
+                zero_ablation=zero_ablation,
+                abs_value=abs_value,
+                corrupted=corrupted,
+                progress=progress,
+                max_tests=max_tests,
             )
             for t in thresholds
         ]
@@ -705,10 +746,20 @@ def acdc_sweep(
     if suffix == "auto":
         suffix = forward_flops(model, task) > 5e7
     return _fast_sweep(
-        model, task, thresholds, metric=metric, zero_ablation=zero_ablation,
-        abs_value=abs_value, corrupted=corrupted, n_lanes=n_lanes, progress=progress,
-        checkpoint=checkpoint, resume=resume, stop_after_nodes=stop_after_nodes,
-        suffix=bool(suffix), max_tests=max_tests,
+        model,
+        task,
+        thresholds,
+        metric=metric,
+        zero_ablation=zero_ablation,
+        abs_value=abs_value,
+        corrupted=corrupted,
+        n_lanes=n_lanes,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        stop_after_nodes=stop_after_nodes,
+        suffix=bool(suffix),
+        max_tests=max_tests,
     )
 
 
@@ -732,8 +783,14 @@ def acdc(
     See [`jacdc.acdc_sweep`][] for the arguments; returns one [`jacdc.ACDCResult`][].
     """
     return acdc_sweep(
-        model, task, [threshold], metric=metric, zero_ablation=zero_ablation,
-        abs_value=abs_value, engine=engine, **kwargs,
+        model,
+        task,
+        [threshold],
+        metric=metric,
+        zero_ablation=zero_ablation,
+        abs_value=abs_value,
+        engine=engine,
+        **kwargs,
     )[0]
 
 
@@ -752,4 +809,3 @@ def result_to_json(result: ACDCResult) -> dict:
         "wall_time": result.wall_time,
         "n_edges": result.n_edges,
     }
-

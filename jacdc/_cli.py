@@ -13,7 +13,6 @@ Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, ne
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,46 +38,83 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("task", help="task name (see `jacdc tasks`)")
         sp.add_argument("--metric", help="metric to minimise (default: the task's)")
-        sp.add_argument("--zero-ablation", action="store_true",
-                        help="zero the residual writers instead of patching corrupted activations")
+        sp.add_argument(
+            "--zero-ablation",
+            action="store_true",
+            help="zero the residual writers instead of patching corrupted activations",
+        )
         sp.add_argument("--out", help="output folder (default: runs/<task>-<settings>)")
         sp.add_argument("--weights", help="model weights: a folder, file or hub id")
-        sp.add_argument("--dataset", help="your own clean/corrupted tokens (.npz or .json; "
-                        "keys clean, corrupted, optional corrupted_positions, logit_positions, "
-                        "weights)")
+        sp.add_argument(
+            "--dataset",
+            help="your own clean/corrupted tokens (.npz or .json; "
+            "keys clean, corrupted, optional corrupted_positions, logit_positions, "
+            "weights)",
+        )
         sp.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
         sp.add_argument("--engine", choices=("fast", "reference"), default="fast")
-        sp.add_argument("--abs-value", action="store_true",
-                        help="remove an edge iff |metric change| < threshold")
-        sp.add_argument("--candidates", type=int, default=None,
-                        help="fast engine: circuits evaluated per device call (default: auto)")
-        sp.add_argument("--fresh", action="store_true",
-                        help="ignore a checkpoint in the output folder and start over")
+        sp.add_argument(
+            "--abs-value",
+            action="store_true",
+            help="remove an edge iff |metric change| < threshold",
+        )
+        sp.add_argument(
+            "--candidates",
+            type=int,
+            default=None,
+            help="fast engine: circuits evaluated per device call (default: auto)",
+        )
+        sp.add_argument(
+            "--fresh",
+            action="store_true",
+            help="ignore a checkpoint in the output folder and start over",
+        )
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     d = sub.add_parser("discover", help="find a circuit")
     common(d)
     d.add_argument("--algorithm", choices=ALGORITHMS, default="acdc")
-    d.add_argument("--threshold", type=float, default=None,
-                   help=f"ACDC threshold tau (default {DEFAULT_THRESHOLD}); eap/eap-ig: keep "
-                   "edges whose |score| is above it")
-    d.add_argument("--lambda", dest="lam", type=float, default=1.0,
-                   help="sp / edge-pruning: sparsity strength (default 1.0)")
-    d.add_argument("--steps", type=int, default=3000,
-                   help="sp / edge-pruning: optimisation steps (default 3000)")
-    d.add_argument("--top-k", type=int, default=None,
-                   help="eap / eap-ig: keep the k highest-|score| edges; hisp: keep the k "
-                   "highest-scoring units (default: 5%% of edges / 25%% of units)")
+    d.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"ACDC threshold tau (default {DEFAULT_THRESHOLD}); eap/eap-ig: keep "
+        "edges whose |score| is above it",
+    )
+    d.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=1.0,
+        help="sp / edge-pruning: sparsity strength (default 1.0)",
+    )
+    d.add_argument(
+        "--steps",
+        type=int,
+        default=3000,
+        help="sp / edge-pruning: optimisation steps (default 3000)",
+    )
+    d.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="eap / eap-ig: keep the k highest-|score| edges; hisp: keep the k "
+        "highest-scoring units (default: 5%% of edges / 25%% of units)",
+    )
     s = sub.add_parser("sweep", help="ACDC at several thresholds (one lock-step batch)")
     common(s)
     group = s.add_mutually_exclusive_group(required=True)
     group.add_argument("--thresholds", type=float, nargs="+")
-    group.add_argument("--paper-thresholds", action="store_true",
-                       help="10^linspace(-5, -1, 21), the paper's tracr grid")
+    group.add_argument(
+        "--paper-thresholds",
+        action="store_true",
+        help="10^linspace(-5, -1, 21), the paper's tracr grid",
+    )
     r = sub.add_parser("roc", help="ROC/AUC of algorithms against the canonical circuit")
     r.add_argument("task")
-    r.add_argument("--algorithms", default="acdc,sp,hisp",
-                   help="comma-separated: " + ",".join(ALGORITHMS))
+    r.add_argument(
+        "--algorithms", default="acdc,sp,hisp", help="comma-separated: " + ",".join(ALGORITHMS)
+    )
     r.add_argument("--zero-ablation", action="store_true")
     r.add_argument("--metric")
     r.add_argument("--weights")
@@ -114,8 +150,9 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
     def update(tested: int, removed: int, metric: float):
         if not bars:
-            bars.append(tqdm(total=total, desc=desc, unit="edge", file=sys.stderr,
-                             dynamic_ncols=True))
+            bars.append(
+                tqdm(total=total, desc=desc, unit="edge", file=sys.stderr, dynamic_ncols=True)
+            )
         bar = bars[0]
         bar.n = min(tested, total)
         bar.set_postfix(removed=removed, metric=f"{metric:.4g}", refresh=False)
@@ -135,9 +172,15 @@ def _run_id(args, thresholds) -> dict:
         if path.exists():
             dataset_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     return {
-        "task": args.task, "thresholds": list(thresholds), "metric": args.metric,
-        "zero_ablation": args.zero_ablation, "abs_value": args.abs_value, "seed": args.seed,
-        "weights": args.weights, "dataset_sha256": dataset_hash, "engine": args.engine,
+        "task": args.task,
+        "thresholds": list(thresholds),
+        "metric": args.metric,
+        "zero_ablation": args.zero_ablation,
+        "abs_value": args.abs_value,
+        "seed": args.seed,
+        "weights": args.weights,
+        "dataset_sha256": dataset_hash,
+        "engine": args.engine,
     }
 
 
@@ -184,8 +227,15 @@ def _acdc_runs(args, thresholds, out_dir: Path):
             if args.candidates:
                 kwargs["candidates"] = args.candidates
         results = jacdc.acdc_sweep(
-            bundle.model, task, thresholds, metric=metric, zero_ablation=args.zero_ablation,
-            abs_value=args.abs_value, engine=args.engine, progress=progress, **kwargs,
+            bundle.model,
+            task,
+            thresholds,
+            metric=metric,
+            zero_ablation=args.zero_ablation,
+            abs_value=args.abs_value,
+            engine=args.engine,
+            progress=progress,
+            **kwargs,
         )
     finally:
         close()
@@ -203,8 +253,9 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
     for rec in result.log:
         if not rec["skipped"]:
             scores[rec["edge"]] = rec["delta"]
-    metrics = {"validation": {result.metric_name: result.metric,
-                              "full_model": result.initial_metric}}
+    metrics = {
+        "validation": {result.metric_name: result.metric, "full_model": result.initial_metric}
+    }
     if not args.dataset:  # the test split, with every metric of the task
         corrupted = ablation_sources(bundle.model, bundle.test, args.zero_ablation)
         mask = result.mask
@@ -220,16 +271,24 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
         graph=graph,
         present=result.present,
         hyperparameters={
-            "threshold": result.threshold, "metric": result.metric_name,
-            "zero_ablation": result.zero_ablation, "abs_value": result.abs_value,
-            "engine": result.engine, "dataset": args.dataset, "weights": args.weights,
+            "threshold": result.threshold,
+            "metric": result.metric_name,
+            "zero_ablation": result.zero_ablation,
+            "abs_value": result.abs_value,
+            "engine": result.engine,
+            "dataset": args.dataset,
+            "weights": args.weights,
         },
         metrics=metrics,
         seed=args.seed,
         scores=scores,
         steps=result.log,
-        timing={"wall_time_s": wall, "n_tests": result.n_tests,
-                "n_forward": result.n_forward, "n_device_calls": result.n_calls},
+        timing={
+            "wall_time_s": wall,
+            "n_tests": result.n_tests,
+            "n_forward": result.n_forward,
+            "n_device_calls": result.n_calls,
+        },
         stem=stem,
     )
     del jacdc
@@ -238,7 +297,8 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
 
 def _default_out(args, suffix: str) -> Path:
     ablation = "zero" if args.zero_ablation else "corrupted"
-    return Path("runs") / f"{args.task}-{suffix}-{args.metric or 'default'}-{ablation}"
+    metric = f"-{args.metric}" if args.metric else ""
+    return Path("runs") / f"{args.task}-{suffix}{metric}-{ablation}"
 
 
 def cmd_tasks(args) -> int:
@@ -271,6 +331,13 @@ def cmd_discover(args) -> int:
     )
     for name in result.present_names:
         print(f"  {name}")
+    if bundle.canonical is not None and not args.dataset:
+        canonical = set(bundle.canonical)
+        found = set(result.present_names)
+        print(
+            f"against the canonical circuit ({len(canonical)} edges): {len(found & canonical)} "
+            f"found, {len(found - canonical)} extra, {len(canonical - found)} missing"
+        )
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -288,11 +355,19 @@ def cmd_sweep(args) -> int:
     for r in results:
         stem = f"tau{r.threshold:.3e}"
         _write_acdc(bundle, task, r, args, out_dir, stem, wall)
-        summary.append({"threshold": r.threshold, "n_edges": r.n_edges, "metric": r.metric,
-                        "n_tests": r.n_tests, "result": f"{stem}.json"})
+        summary.append(
+            {
+                "threshold": r.threshold,
+                "n_edges": r.n_edges,
+                "metric": r.metric,
+                "n_tests": r.n_tests,
+                "result": f"{stem}.json",
+            }
+        )
         print(f"tau={r.threshold:.3e}: {r.n_edges} edges, {r.metric_name} {r.metric:.4g}")
-    atomic_write_json(out_dir / "sweep.json", {"task": bundle.name, "wall_time_s": wall,
-                                               "runs": summary})
+    atomic_write_json(
+        out_dir / "sweep.json", {"task": bundle.name, "wall_time_s": wall, "runs": summary}
+    )
     if ckpt.exists():
         ckpt.unlink()
     print(f"{len(results)} thresholds in {wall:.1f} s; wrote {out_dir}/sweep.json")
@@ -317,17 +392,35 @@ def _discover_other(args) -> int:
     graph = jacdc.graph_of(bundle.model.graph_shape)
     key = jr.key(args.seed)
     scores = None
-    hyper = {"metric": metric, "zero_ablation": args.zero_ablation, "dataset": args.dataset,
-             "weights": args.weights}
+    hyper = {
+        "metric": metric,
+        "zero_ablation": args.zero_ablation,
+        "dataset": args.dataset,
+        "weights": args.weights,
+    }
     start = time.perf_counter()
     if args.algorithm == "sp":
-        run = jacdc.subnetwork_probing(bundle.model, task, args.lam, key=key, metric=metric,
-                                       zero_ablation=args.zero_ablation, n_steps=args.steps)
+        run = jacdc.subnetwork_probing(
+            bundle.model,
+            task,
+            args.lam,
+            key=key,
+            metric=metric,
+            zero_ablation=args.zero_ablation,
+            n_steps=args.steps,
+        )
         present = run.present
         hyper.update(lam=args.lam, steps=args.steps)
     elif args.algorithm == "edge-pruning":
-        run = jacdc.edge_pruning(bundle.model, task, args.lam, key=key, metric=metric,
-                                 zero_ablation=args.zero_ablation, n_steps=args.steps)
+        run = jacdc.edge_pruning(
+            bundle.model,
+            task,
+            args.lam,
+            key=key,
+            metric=metric,
+            zero_ablation=args.zero_ablation,
+            n_steps=args.steps,
+        )
         present, scores = run.present, run.scores
         hyper.update(lam=args.lam, steps=args.steps)
     elif args.algorithm == "hisp":
@@ -351,14 +444,28 @@ def _discover_other(args) -> int:
     wall = time.perf_counter() - start
     corrupted = jacdc.ablation_sources(bundle.model, task, args.zero_ablation)
     mask = graph.from_vector(np.asarray(present, np.float32))
-    metrics = {"validation": {metric: float(jacdc.metric_of_mask(bundle.model, task, mask,
-                                                                 corrupted, metric))}}
-    paths = write_result(out_dir, algorithm=args.algorithm, task=bundle.name,
-                         model_config=bundle.model.cfg, graph=graph, present=present,
-                         hyperparameters=hyper, metrics=metrics, seed=args.seed, scores=scores,
-                         timing={"wall_time_s": wall})
-    print(f"{bundle.name}: {args.algorithm} kept {int(np.sum(present))} of {len(graph)} edges "
-          f"({metric} {metrics['validation'][metric]:.4g}) in {wall:.1f} s.")
+    metrics = {
+        "validation": {
+            metric: float(jacdc.metric_of_mask(bundle.model, task, mask, corrupted, metric))
+        }
+    }
+    paths = write_result(
+        out_dir,
+        algorithm=args.algorithm,
+        task=bundle.name,
+        model_config=bundle.model.cfg,
+        graph=graph,
+        present=present,
+        hyperparameters=hyper,
+        metrics=metrics,
+        seed=args.seed,
+        scores=scores,
+        timing={"wall_time_s": wall},
+    )
+    print(
+        f"{bundle.name}: {args.algorithm} kept {int(np.sum(present))} of {len(graph)} edges "
+        f"({metric} {metrics['validation'][metric]:.4g}) in {wall:.1f} s."
+    )
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -374,11 +481,14 @@ def cmd_roc(args) -> int:
             f"{', '.join(ALGORITHMS)}."
         )
     bundle = _load_bundle(args)
-    out_dir = Path(args.out) if args.out else Path("runs") / f"{args.task}-roc-" + (
-        "zero" if args.zero_ablation else "corrupted"
+    out_dir = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{args.task}-roc-" + ("zero" if args.zero_ablation else "corrupted")
     )
-    report = _roc_report.roc_report(bundle, algorithms, zero_ablation=args.zero_ablation,
-                                    metric=args.metric, out_dir=out_dir)
+    report = _roc_report.roc_report(
+        bundle, algorithms, zero_ablation=args.zero_ablation, metric=args.metric, out_dir=out_dir
+    )
     print(report.get("markdown", json.dumps(report, indent=1, default=str)))
     return 0
 
@@ -415,13 +525,20 @@ def cmd_draw(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"tasks": cmd_tasks, "discover": cmd_discover, "sweep": cmd_sweep,
-                "roc": cmd_roc, "draw": cmd_draw}
+    commands = {
+        "tasks": cmd_tasks,
+        "discover": cmd_discover,
+        "sweep": cmd_sweep,
+        "roc": cmd_roc,
+        "draw": cmd_draw,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        print("jacdc: interrupted; rerun the same command to resume from the checkpoint",
-              file=sys.stderr)
+        print(
+            "jacdc: interrupted; rerun the same command to resume from the checkpoint",
+            file=sys.stderr,
+        )
         return 130
     except (CLIError, ValueError, FileNotFoundError, ImportError, OSError) as e:
         message = " ".join(str(e).split())

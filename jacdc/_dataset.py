@@ -6,14 +6,17 @@ The file is `.npz` or `.json` with these keys (JSON: nested lists):
 | --- | --- | --- | --- |
 | `clean` | `(batch, seq)` int | yes | token ids the metric is computed on |
 | `corrupted` | `(batch, seq)` int | yes | token ids of the corrupted run |
-| `corrupted_positions` | `(seq,)` or `(batch, seq)` int | no | position ids for the corrupted run (tracr's shuffled positional embedding); default `arange(seq)` |
-| `logit_positions` | `(pos,)` int | no | positions the metric reads; default: the task's own if `seq` matches, else the last position |
+| `corrupted_positions` | `(seq,)` / `(batch, seq)` int | no | corrupted-run positions |
+| `logit_positions` | `(pos,)` int | no | positions the metric reads |
 | `weights` | `(batch, pos)` float | no | per-position weights of the KL / L2 metrics (default 1) |
 
-Token ids are the model's own ids (for tracr models: `bundle.info["input_encoding"]`, listed by
-`jacdc tasks`). The metrics are rebuilt against the model's outputs on *your* clean tokens:
-`kl_div` always, and `l2` for tasks that have it (same output dimensions). Task-specific metrics
-that need per-prompt labels (logit difference, ...) are not available for custom data.
+`corrupted_positions` is a permutation of `range(seq)` (tracr's shuffled positional
+embedding; default `arange(seq)`). `logit_positions` defaults to the task's own when `seq`
+matches, else the last position. Token ids are the model's own ids (for tracr models:
+`bundle.info["input_encoding"]`). The metrics are rebuilt against the model's outputs on your
+clean tokens: `kl_div` always, and `l2` for tasks that have it (same output dimensions).
+Task-specific metrics that need per-prompt labels (logit difference, ...) are not available for
+custom data.
 """
 
 import json
@@ -53,8 +56,13 @@ def task_from_dataset(path: str, bundle: TaskBundle) -> Task:
                 f"{path}: missing key {key!r}. A dataset file needs 'clean' and 'corrupted' token "
                 "arrays of shape (batch, seq) (see `jacdc discover --help`)."
             )
-    unknown = set(arrays) - {"clean", "corrupted", "corrupted_positions", "logit_positions",
-                             "weights"}
+    unknown = set(arrays) - {
+        "clean",
+        "corrupted",
+        "corrupted_positions",
+        "logit_positions",
+        "weights",
+    }
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}.")
     clean, corrupted = arrays["clean"], arrays["corrupted"]

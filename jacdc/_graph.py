@@ -304,17 +304,14 @@ class Graph:
         """The mask's values in edge-id order (leading batch axes are kept)."""
         mask.check_shape(self.shape)
         parts = [
-            jnp.asarray(getattr(mask, name))[(Ellipsis,) + self._field_pos[name]]
-            for name in FIELDS
+            jnp.asarray(getattr(mask, name))[(Ellipsis,) + self._field_pos[name]] for name in FIELDS
         ]
         order = np.concatenate([self._field_ids[name] for name in FIELDS])
         inverse = np.empty(len(self.edges), np.int64)
         inverse[order] = np.arange(len(self.edges))
         return jnp.concatenate(parts, axis=-1)[..., inverse]
 
-    def from_vector(
-        self, values: Float[Array, "*batch edge"], *, fill: float = 0.0
-    ) -> EdgeMask:
+    def from_vector(self, values: Float[Array, "*batch edge"], *, fill: float = 0.0) -> EdgeMask:
         """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order). Invalid
         entries are set to `fill` (they are ignored by the forward pass anyway)."""
         if isinstance(values, np.ndarray):
@@ -375,5 +372,5 @@ def set_edge(mask: EdgeMask, edge: Edge, value) -> EdgeMask:
     return eqx.tree_at(
         lambda m: getattr(m, edge.field),
         mask,
-        replace_fn=lambda array: array.at[(Ellipsis,) + tuple(edge.index)].set(value),
+        replace_fn=lambda array: jnp.asarray(array).at[(Ellipsis,) + tuple(edge.index)].set(value),
     )

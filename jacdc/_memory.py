@@ -39,9 +39,10 @@ calibrated against XLA; `bsd = B S d f`):
 (1-12 layers, 2-16 heads, d_model 32-128, batch 2-16, seq 4-16, 1-8 lanes, every kind of
 stage) the median error is 12% and 24 of 30 are within 25% (extremes: -35% for a 3-layer
 attention-only model with d_head * heads > d_model, +33% for 1-layer models). Gradients are
-more regular: 20 EAP shapes within 15% (median 5%), 10 SP shapes within 6% (median 3%). XLA:GPU fuses and schedules differently;
-`benchmarks/gpu.py` records prediction and XLA's figure on the accelerator. Use the estimate to
-size runs and to fail early, with the margin [`check_fits`][] leaves.
+more regular: 20 EAP shapes within 15% (median 5%), 10 SP shapes within 6% (median 3%).
+XLA:GPU fuses and schedules differently; `benchmarks/gpu.py` records the prediction next to
+XLA's figure on the accelerator. Use the estimate to size runs and to fail early, with the
+margin [`check_fits`][] leaves.
 """
 
 import dataclasses
@@ -275,9 +276,7 @@ def _acdc_temp(cfg, B, S, K, P, stage) -> int:
     corrupted_mix = K * bsd * (3 * H * n_attn + n_mlp + 1)
     qkv = K * B * S * 3 * H * e * _F32 * n_attn
     logits = K * B * P * V * _F32
-    return int(
-        1.5 * stack + 0.75 * corrupted_copies + 0.25 * corrupted_mix + qkv + 2 * logits
-    )
+    return int(1.5 * stack + 0.75 * corrupted_copies + 0.25 * corrupted_mix + qkv + 2 * logits)
 
 
 # Coefficients of the gradient terms, calibrated against XLA (see the module docstring):

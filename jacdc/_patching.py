@@ -33,8 +33,9 @@ def masked_logits(model, task, mask: EdgeMask, corrupted) -> Float[Array, "batch
     positions = jnp.arange(task.seq)
 
     def one(tokens, corr):
-        return model.run_from(0, tokens, mask, corr, _no_prefix(model, tokens), positions,
-                              task.logit_positions)
+        return model.run_from(
+            0, tokens, mask, corr, _no_prefix(model, tokens), positions, task.logit_positions
+        )
 
     return jax.vmap(one)(task.clean, corrupted)
 

@@ -88,9 +88,7 @@ def circuit_dot(graph, present: np.ndarray, title: str = "") -> str:
     for i in np.nonzero(present)[0]:
         e = graph.edges[int(i)]
         color = "#d62728" if e.field == "direct" else "#1f77b4"
-        lines.append(
-            f'  "{graph.sender_name(e)}" -> "{graph.receiver_name(e)}" [color="{color}"];'
-        )
+        lines.append(f'  "{graph.sender_name(e)}" -> "{graph.receiver_name(e)}" [color="{color}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -147,8 +145,11 @@ def write_result(
     }
     if extra:
         doc.update(extra)
-    paths = {"json": out_dir / f"{stem}.json", "npz": out_dir / f"{stem}.npz",
-             "dot": out_dir / f"{stem}.dot"}
+    paths = {
+        "json": out_dir / f"{stem}.json",
+        "npz": out_dir / f"{stem}.npz",
+        "dot": out_dir / f"{stem}.dot",
+    }
     mask = graph.from_vector(present.astype(np.float32))
     import io
 
@@ -156,7 +157,10 @@ def write_result(
     np.savez(
         buf,
         present=present,
-        **{f"mask_{f}": np.asarray(getattr(mask, f)) for f in ("q", "k", "v", "mlp", "out", "direct")},
+        **{
+            f"mask_{f}": np.asarray(getattr(mask, f))
+            for f in ("q", "k", "v", "mlp", "out", "direct")
+        },
     )
     atomic_write_bytes(paths["npz"], buf.getvalue())
     dot = circuit_dot(graph, present, f"{task} {algorithm} ({int(present.sum())} edges)")

@@ -479,9 +479,7 @@ def sharded_sp_sweep(
         int(n_steps),
     )  # fmt: skip
     state, loss, value, reg = to_host((state, loss, value, reg))
-    results = _sp._finish(
-        shape, lams_p, state, lane_keys, loss, value, reg, n_steps, deterministic
-    )
+    results = _sp._finish(shape, lams_p, state, lane_keys, loss, value, reg, n_steps, deterministic)
     return results[:n]
 
 

@@ -2,32 +2,32 @@
 checkpoints, tracr)."""
 
 from ._config import TransformerConfig as TransformerConfig
-from ._transformer import (
-    Block as Block,
-    clean_run as clean_run,
-    corrupted_sources as corrupted_sources,
-    empty_sources as empty_sources,
-    LayerNorm as LayerNorm,
-    Sources as Sources,
-    Transformer as Transformer,
-    zero_ablation_sources as zero_ablation_sources,
-)
 from ._gpt2 import gpt2_config as gpt2_config, load_gpt2 as load_gpt2
 from ._tl import (
-    from_transformer_lens_state_dict as from_transformer_lens_state_dict,
     KNOWN_CONFIGS as KNOWN_CONFIGS,
+    from_transformer_lens_state_dict as from_transformer_lens_state_dict,
     load_attn_only_4l as load_attn_only_4l,
     load_redwood_attn_2l as load_redwood_attn_2l,
     transformer_lens_config as transformer_lens_config,
 )
 from ._tokenizer import GPT2Tokenizer as GPT2Tokenizer, gpt2_tokenizer as gpt2_tokenizer
 from ._tracr import (
+    TracrCompileError as TracrCompileError,
+    TracrMetadata as TracrMetadata,
     compile_rasp as compile_rasp,
     compile_tracr as compile_tracr,
     ground_truth_subspaces as ground_truth_subspaces,
     load_tracr_model as load_tracr_model,
     program_ground_truth as program_ground_truth,
     residuals_from_sources as residuals_from_sources,
-    TracrCompileError as TracrCompileError,
-    TracrMetadata as TracrMetadata,
+)
+from ._transformer import (
+    Block as Block,
+    LayerNorm as LayerNorm,
+    Sources as Sources,
+    Transformer as Transformer,
+    clean_run as clean_run,
+    corrupted_sources as corrupted_sources,
+    empty_sources as empty_sources,
+    zero_ablation_sources as zero_ablation_sources,
 )

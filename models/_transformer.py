@@ -205,8 +205,9 @@ class Transformer(eqx.Module):
             if pair is None:
                 problems.append(f"{name}: missing LayerNorm weights")
                 return None
-            return LayerNorm(check(f"{name}.w", pair[0], (d,)), check(f"{name}.b", pair[1], (d,)),
-                             cfg.ln_eps)
+            return LayerNorm(
+                check(f"{name}.w", pair[0], (d,)), check(f"{name}.b", pair[1], (d,)), cfg.ln_eps
+            )
 
         if len(blocks) != cfg.n_layers:
             raise ValueError(f"Expected {cfg.n_layers} blocks of weights, got {len(blocks)}.")
@@ -242,7 +243,8 @@ class Transformer(eqx.Module):
         b_u = check("b_u", np.zeros(cfg.vocab_out) if b_u is None else b_u, (cfg.vocab_out,))
         if problems:
             raise ValueError(
-                "Weights do not fit the config:\n  " + "\n  ".join(problems)
+                "Weights do not fit the config:\n  "
+                + "\n  ".join(problems)
                 + "\nCheck that the checkpoint and the config describe the same model."
             )
         model = object.__new__(cls)
@@ -366,8 +368,12 @@ class Transformer(eqx.Module):
         `logit_positions` (all positions if `None`). Used by the fast ACDC engine."""
         want = self.n_prefix(stage)
         if prefix.shape[0] != want:
-            raise ValueError(f"Stage {stage} needs the outputs of {want} sources, got {prefix.shape[0]}.")
-        logits, _ = self._forward(tokens, mask, corrupted, positions, stage, prefix, logit_positions)
+            raise ValueError(
+                f"Stage {stage} needs the outputs of {want} sources, got {prefix.shape[0]}."
+            )
+        logits, _ = self._forward(
+            tokens, mask, corrupted, positions, stage, prefix, logit_positions
+        )
         return logits
 
     def n_prefix(self, stage: int) -> int:
@@ -397,7 +403,9 @@ class Transformer(eqx.Module):
             if 2 * layer >= stage:
                 n = shape.n_src_before_layer(layer)
                 stacked = jnp.stack(online[:n])
-                m_qkv = jnp.stack([mask.q[layer, :, :n], mask.k[layer, :, :n], mask.v[layer, :, :n]])
+                m_qkv = jnp.stack(
+                    [mask.q[layer, :, :n], mask.k[layer, :, :n], mask.v[layer, :, :n]]
+                )
                 x = _mix(m_qkv, stacked, corrupted.resid[:n]) + bias  # (3, head, seq, d_model)
                 if blk.ln1 is not None:
                     x = blk.ln1(x)

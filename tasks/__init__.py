@@ -1,29 +1,21 @@
 """Tasks: datasets, metrics (all minimised) and canonical circuits."""
 
-from ._base import (
-    AbstractMetric as AbstractMetric,
-    clean_logits_at as clean_logits_at,
-    KLMetric as KLMetric,
-    kl_metric as kl_metric,
-    L2Metric as L2Metric,
-    Task as Task,
-    TaskBundle as TaskBundle,
-)
-from ._registry import (
-    available_tasks as available_tasks,
-    get_task as get_task,
-    load_task as load_task,
-    register_task as register_task,
-    TaskSpec as TaskSpec,
-)
-
-
 # Task modules register themselves on import (keep this list in sync with the files).
 from . import (  # noqa: E402  (language-model tasks: IOI, Greater-Than, Docstring, Induction)
     _docstring as _docstring,
     _greater_than as _greater_than,
     _induction as _induction,
     _ioi as _ioi,
+    _tracr as _tracr,  # noqa: E402  (tracr tasks)
+)
+from ._base import (
+    AbstractMetric as AbstractMetric,
+    KLMetric as KLMetric,
+    L2Metric as L2Metric,
+    Task as Task,
+    TaskBundle as TaskBundle,
+    clean_logits_at as clean_logits_at,
+    kl_metric as kl_metric,
 )
 from ._canonical import (  # noqa: E402
     circuit_nodes as circuit_nodes,
@@ -50,7 +42,13 @@ from ._induction import (  # noqa: E402
     repeated_token_sequences as repeated_token_sequences,
 )
 from ._ioi import make_ioi_prompts as make_ioi_prompts, make_ioi_task as make_ioi_task  # noqa: E402
-from . import _tracr as _tracr  # noqa: E402  (tracr tasks)
+from ._registry import (
+    TaskSpec as TaskSpec,
+    available_tasks as available_tasks,
+    get_task as get_task,
+    load_task as load_task,
+    register_task as register_task,
+)
 from ._tracr import (  # noqa: E402
     make_tracr_hist as make_tracr_hist,
     make_tracr_pair_balance as make_tracr_pair_balance,

@@ -161,9 +161,7 @@ class TaskBundle:
         return list(self.canonical)
 
 
-def clean_logits_at(
-    model: Transformer, tokens, logit_positions
-) -> Float[Array, "batch pos vocab"]:
+def clean_logits_at(model: Transformer, tokens, logit_positions) -> Float[Array, "batch pos vocab"]:
     """The unpatched model's logits at the metric positions (for KL and L2 baselines)."""
     logits, _ = clean_run(model, jnp.asarray(tokens))
     return logits[:, jnp.asarray(logit_positions)]

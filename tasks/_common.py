@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jacdc.models import Transformer, TransformerConfig
 from jaxtyping import Array, Float, Int
+
+from jacdc.models import Transformer, TransformerConfig
 
 from ._base import AbstractMetric, Task, kl_metric
 

@@ -47,6 +47,7 @@ import os
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+
 from jacdc.models import Transformer
 
 from ._base import TaskBundle

@@ -25,6 +25,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+
 from jacdc.models import Transformer
 
 from ._base import TaskBundle

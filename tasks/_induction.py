@@ -34,6 +34,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+
 from jacdc.models import Transformer
 
 from ._base import TaskBundle

@@ -24,6 +24,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+
 from jacdc.models import Transformer
 
 from ._base import TaskBundle

@@ -95,6 +95,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
+
 from jacdc.models import Transformer, clean_run
 from jacdc.models._tracr import (
     TracrMetadata,

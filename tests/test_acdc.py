@@ -1,5 +1,4 @@
 import equinox as eqx
-
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -16,12 +15,28 @@ CONFIGS = {
         n_layers=2, n_heads=3, d_model=16, d_head=4, d_mlp=32, d_vocab=11, n_ctx=8
     ),
     "attn-only": TransformerConfig(
-        n_layers=2, n_heads=4, d_model=16, d_head=4, d_mlp=None, d_vocab=11, n_ctx=8,
+        n_layers=2,
+        n_heads=4,
+        d_model=16,
+        d_head=4,
+        d_mlp=None,
+        d_vocab=11,
+        n_ctx=8,
         positional="shortformer",
     ),
     "tracr-like": TransformerConfig(
-        n_layers=3, n_heads=1, d_model=16, d_head=4, d_mlp=8, d_vocab=5, n_ctx=6,
-        d_vocab_out=3, act_fn="relu", normalization="none", positional="separate", causal=False,
+        n_layers=3,
+        n_heads=1,
+        d_model=16,
+        d_head=4,
+        d_mlp=8,
+        d_vocab=5,
+        n_ctx=6,
+        d_vocab_out=3,
+        act_fn="relu",
+        normalization="none",
+        positional="separate",
+        causal=False,
     ),
 }
 THRESHOLDS = [1e-4, 1e-3, 3e-3, 1e-2, 3e-2]
@@ -129,7 +144,10 @@ def test_node_and_sender_order():
         "hook_pos_embed",
     ]
     assert q_in.groups == (
-        (q_in.incoming[0],), q_in.incoming[1:4], (q_in.incoming[4],), (q_in.incoming[5],)
+        (q_in.incoming[0],),
+        q_in.incoming[1:4],
+        (q_in.incoming[4],),
+        (q_in.incoming[5],),
     )
     mlp_in = next(n for n in nodes if n.name == "blocks.1.hook_mlp_in")
     first = graph.names[mlp_in.incoming[0]].split(" <- ")[1]
@@ -159,8 +177,9 @@ def test_one_compilation_per_input_shape():
     assert stages <= set(range(2 * model.cfg.n_layers + 1))
     # Other thresholds, the other ablation, new token values: nothing is traced again.
     other = eqx.tree_at(lambda t: t.corrupted, task, task.corrupted[::-1])
-    jacdc.acdc_sweep(model, other, [5e-3, 2e-2], metric="kl_div", zero_ablation=True,
-                     candidates=8, suffix=True)
+    jacdc.acdc_sweep(
+        model, other, [5e-3, 2e-2], metric="kl_div", zero_ablation=True, candidates=8, suffix=True
+    )
     assert dict(_acdc.TRACE_COUNTS) == first
 
 
@@ -179,7 +198,9 @@ class _NaNAfterRemoval(AbstractMetric):
 def test_nan_metric_names_edge_and_step(engine):
     model, task = make_task(CONFIGS["gpt2-like"])
     task = eqx.tree_at(lambda t: t.metrics, task, {"bad": _NaNAfterRemoval(task.metrics["kl_div"])})
-    with pytest.raises(ValueError, match=r"metric is nan after removing edge 'blocks.1.hook_resid_post <- .*test 1"):
+    with pytest.raises(
+        ValueError, match=r"metric is nan after removing edge 'blocks.1.hook_resid_post <- .*test 1"
+    ):
         jacdc.acdc(model, task, 0.01, metric="bad", engine=engine)
 
 
@@ -192,11 +213,21 @@ def test_bad_input():
     with pytest.raises(ValueError, match="Unknown metric 'logit_diff'.*kl_div"):
         jacdc.acdc(model, task, 0.1, metric="logit_diff")
     with pytest.raises(ValueError, match="same shape"):
-        Task(clean=task.clean, corrupted=task.clean[:, :3], corrupted_positions=None,
-             logit_positions=task.logit_positions, metrics=task.metrics)
+        Task(
+            clean=task.clean,
+            corrupted=task.clean[:, :3],
+            corrupted_positions=None,
+            logit_positions=task.logit_positions,
+            metrics=task.metrics,
+        )
     with pytest.raises(ValueError, match="non-empty"):
-        Task(clean=task.clean[:0], corrupted=task.clean[:0], corrupted_positions=None,
-             logit_positions=task.logit_positions, metrics=task.metrics)
+        Task(
+            clean=task.clean[:0],
+            corrupted=task.clean[:0],
+            corrupted_positions=None,
+            logit_positions=task.logit_positions,
+            metrics=task.metrics,
+        )
     bad = eqx.tree_at(lambda t: t.clean, task, task.clean.at[0, 0].set(99))
     with pytest.raises(ValueError, match=r"\[0, 11\)"):
         jacdc.acdc(model, bad, 0.1, metric="kl_div")
@@ -210,8 +241,15 @@ def test_interrupted_run_resumes_to_the_same_result():
     whole = jacdc.acdc_sweep(model, task, taus, metric="kl_div", suffix=True)
     saved = []
     with pytest.raises(KeyboardInterrupt):
-        jacdc.acdc_sweep(model, task, taus, metric="kl_div", checkpoint=saved.append,
-                         stop_after_nodes=5, suffix=True)
+        jacdc.acdc_sweep(
+            model,
+            task,
+            taus,
+            metric="kl_div",
+            checkpoint=saved.append,
+            stop_after_nodes=5,
+            suffix=True,
+        )
     assert len(saved) == 5
     import json
 
@@ -231,4 +269,3 @@ def test_result_mask_round_trip():
     corrupted = jacdc.ablation_sources(model, task, False)
     value = float(jacdc.metric_of_mask(model, task, result.mask, corrupted, "kl_div"))
     assert value == pytest.approx(result.metric, abs=1e-6)
-

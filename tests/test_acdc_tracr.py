@@ -39,11 +39,16 @@ def test_zero_ablation_recovers_the_canonical_circuit(bundle):
 @pytest.mark.parametrize("zero_ablation", [False, True])
 def test_fast_equals_reference_on_tracr(bundle, zero_ablation):
     ref = jacdc.acdc_sweep(
-        bundle.model, bundle.val, TAUS, metric="l2", zero_ablation=zero_ablation,
+        bundle.model,
+        bundle.val,
+        TAUS,
+        metric="l2",
+        zero_ablation=zero_ablation,
         engine="reference",
     )
-    fast = jacdc.acdc_sweep(bundle.model, bundle.val, TAUS, metric="l2",
-                            zero_ablation=zero_ablation)
+    fast = jacdc.acdc_sweep(
+        bundle.model, bundle.val, TAUS, metric="l2", zero_ablation=zero_ablation
+    )
     for r, f in zip(ref, fast):
         assert r.decisions == f.decisions
         np.testing.assert_array_equal(r.present, f.present)

@@ -31,8 +31,9 @@ def test_every_metric_is_zero_with_every_edge_present(name, zero_ablation):
                 assert abs(value) < 1e-6, (name, metric, value)
 
 
-@pytest.mark.parametrize("name", [n for n in tasks.available_tasks()
-                                  if tasks.get_task(n).needs_weights])
+@pytest.mark.parametrize(
+    "name", [n for n in tasks.available_tasks() if tasks.get_task(n).needs_weights]
+)
 def test_acdc_end_to_end_on_random_weights(name, tmp_path):
     from jacdc import _results
 
@@ -41,9 +42,15 @@ def test_acdc_end_to_end_on_random_weights(name, tmp_path):
     assert 0 < result.n_tests <= len(result.graph)
     assert np.isfinite(result.metric)
     paths = _results.write_result(
-        tmp_path, algorithm="acdc", task=name, model_config=bundle.model.cfg,
-        graph=result.graph, present=result.present, hyperparameters={"threshold": 1e-3},
-        metrics={"validation": {bundle.default_metric: result.metric}}, steps=result.log,
+        tmp_path,
+        algorithm="acdc",
+        task=name,
+        model_config=bundle.model.cfg,
+        graph=result.graph,
+        present=result.present,
+        hyperparameters={"threshold": 1e-3},
+        metrics={"validation": {bundle.default_metric: result.metric}},
+        steps=result.log,
     )
     doc = _results.read_result(paths["json"])
     assert doc["task"] == name and doc["n_edges"] == result.n_edges

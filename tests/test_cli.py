@@ -21,8 +21,10 @@ def test_tasks_lists_the_tracr_tasks(capsys):
 
 def test_discover_writes_a_complete_result(tmp_path, capsys):
     out_dir = tmp_path / "rev"
-    code, out, _ = run(["discover", "tracr-reverse", "--zero-ablation", "--out", str(out_dir),
-                        "--no-progress"], capsys)
+    code, out, _ = run(
+        ["discover", "tracr-reverse", "--zero-ablation", "--out", str(out_dir), "--no-progress"],
+        capsys,
+    )
     assert code == 0, out
     doc = _results.read_result(out_dir / "result.json")
     bundle = tasks.load_task("tracr-reverse")
@@ -44,8 +46,20 @@ def test_discover_writes_a_complete_result(tmp_path, capsys):
 
 
 def test_sweep_writes_one_result_per_threshold(tmp_path, capsys):
-    code, out, _ = run(["sweep", "tracr-proportion", "--thresholds", "0.001", "0.01",
-                        "--zero-ablation", "--out", str(tmp_path), "--no-progress"], capsys)
+    code, out, _ = run(
+        [
+            "sweep",
+            "tracr-proportion",
+            "--thresholds",
+            "0.001",
+            "0.01",
+            "--zero-ablation",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, out
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["threshold"] for r in summary["runs"]] == [0.001, 0.01]
@@ -74,8 +88,7 @@ def _one_line_error(code, err):
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
-    code, _, err = run(argv + (["--out", str(tmp_path)] if argv[0] == "discover" else []),
-                       capsys)
+    code, _, err = run(argv + (["--out", str(tmp_path)] if argv[0] == "discover" else []), capsys)
     assert needle in _one_line_error(code, err)
 
 
@@ -96,8 +109,18 @@ def test_dataset_errors(tmp_path, capsys):
     }
     for label, (arrays, needle) in cases.items():
         path = _dataset(tmp_path, f"{label}.npz", **arrays)
-        code, _, err = run(["discover", "tracr-reverse", "--dataset", path, "--out",
-                            str(tmp_path / label), "--no-progress"], capsys)
+        code, _, err = run(
+            [
+                "discover",
+                "tracr-reverse",
+                "--dataset",
+                path,
+                "--out",
+                str(tmp_path / label),
+                "--no-progress",
+            ],
+            capsys,
+        )
         assert needle in _one_line_error(code, err), label
 
 
@@ -109,8 +132,18 @@ def test_dataset_replays_the_builtin_data(tmp_path, capsys):
         corrupted=np.asarray(bundle.val.corrupted),
         corrupted_positions=np.asarray(bundle.val.corrupted_positions[0]),
     )
-    code, out, _ = run(["discover", "tracr-reverse", "--dataset", path, "--out",
-                        str(tmp_path / "mine"), "--no-progress"], capsys)
+    code, out, _ = run(
+        [
+            "discover",
+            "tracr-reverse",
+            "--dataset",
+            path,
+            "--out",
+            str(tmp_path / "mine"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, out
     mine = _results.read_result(tmp_path / "mine" / "result.json")
     builtin = jacdc.acdc(bundle.model, bundle.val, 0.01, metric="l2")
@@ -119,8 +152,15 @@ def test_dataset_replays_the_builtin_data(tmp_path, capsys):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
-    argv = ["discover", "tracr-reverse", "--threshold", "0.001", "--out", str(tmp_path),
-            "--no-progress"]
+    argv = [
+        "discover",
+        "tracr-reverse",
+        "--threshold",
+        "0.001",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     original = jacdc.acdc_sweep
 
     def interrupted(*args, **kwargs):

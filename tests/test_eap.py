@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from jacdc.models import Transformer, TransformerConfig
-from jacdc.tasks import AbstractMetric, Task
 
 import jacdc
 from jacdc import _eap
+from jacdc.models import Transformer, TransformerConfig
+from jacdc.tasks import AbstractMetric, Task
 
 
 CFG = TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11, n_ctx=6)

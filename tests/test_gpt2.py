@@ -8,6 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
+
+from jacdc import EdgeMask
 from jacdc.models import clean_run, empty_sources, load_gpt2
 from jacdc.models._gpt2 import (
     c_attn_bias_to_qkv,
@@ -20,9 +23,6 @@ from jacdc.models._gpt2 import (
     w_u_to_wte,
     wte_to_w_u,
 )
-from safetensors.numpy import save_file
-
-from jacdc import EdgeMask
 
 
 N_LAYER, N_HEAD, N_EMBD, VOCAB, N_POS = 2, 2, 16, 50, 16

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from jacdc.models import Transformer, TransformerConfig
-from jacdc.tasks import AbstractMetric, L2Metric, Task
 
 import jacdc
+from jacdc.models import Transformer, TransformerConfig
+from jacdc.tasks import AbstractMetric, L2Metric, Task
 
 
 DATA = Path(__file__).parents[2] / "shared" / "data" / "paper-roc-points"

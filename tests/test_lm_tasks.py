@@ -7,6 +7,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import jacdc
 from jacdc.tasks import (
     circuit_nodes,
     docstring_circuit,
@@ -20,8 +22,6 @@ from jacdc.tasks import (
     make_ioi_task,
     repeated_token_sequences,
 )
-
-import jacdc
 
 
 GPT2 = jacdc.GraphShape(n_layers=12, n_heads=12, has_mlp=True)

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from jacdc.tasks import DocstringMetric, LogitDiffMetric, NLLMetric, ProbDiffMetric
 
 

@@ -277,6 +277,7 @@ def _toy_bundle(canonical=True):
     import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
+
     from jacdc.models import Transformer, TransformerConfig
     from jacdc.tasks import AbstractMetric, Task, TaskBundle
 

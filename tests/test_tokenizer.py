@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+
 from jacdc.models import gpt2_tokenizer
 from jacdc.models._tokenizer import _bytes_to_unicode, bpe_files
 

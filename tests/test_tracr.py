@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from fixtures_tracr import TRACR_TASKS
+
+import jacdc
 from jacdc.models import (
     TracrCompileError,
     clean_run,
@@ -40,8 +42,6 @@ from jacdc.tasks._tracr import (
     tracr_assembled,
     tracr_model,
 )
-
-import jacdc
 
 
 # ---- helpers -----------------------------------------------------------------------------------
