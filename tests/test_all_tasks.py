@@ -54,3 +54,73 @@ def test_acdc_end_to_end_on_random_weights(name, tmp_path):
     )
     doc = _results.read_result(paths["json"])
     assert doc["task"] == name and doc["n_edges"] == result.n_edges
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in tasks.available_tasks() if tasks.get_task(n).needs_weights]
+)
+def test_sp_and_eap_end_to_end_on_random_weights(name, tmp_path):
+    import jax.random as jr
+
+    from jacdc import _results
+
+    bundle = build(name)
+    metric = bundle.default_metric
+    graph = jacdc.graph_of(bundle.model.graph_shape)
+    sp = jacdc.subnetwork_probing(
+        bundle.model, bundle.val, 0.5, key=jr.key(0), metric=metric, n_steps=5
+    )
+    eap = jacdc.eap_scores(bundle.model, bundle.val, metric=metric)
+    assert sp.present.shape == eap.shape == (len(graph),)
+    assert np.isfinite(eap).all() and np.abs(eap).max() > 0
+    for algorithm, present, scores in (
+        ("sp", sp.present, None),
+        ("eap", jacdc.circuit_from_scores(eap, top_k=10), eap),
+    ):
+        paths = _results.write_result(
+            tmp_path / algorithm,
+            algorithm=algorithm,
+            task=name,
+            model_config=bundle.model.cfg,
+            graph=graph,
+            present=present,
+            hyperparameters={},
+            metrics={},
+            scores=scores,
+        )
+        doc = _results.read_result(paths["json"])
+        assert doc["algorithm"] == algorithm and doc["n_edges"] == int(np.sum(present))
+
+
+def test_discover_ioi_from_a_gpt2_checkpoint_folder(tmp_path, capsys):
+    """`jacdc discover ioi --weights FOLDER` end to end, on a tiny random GPT-2 saved by
+    `transformers` in the Hugging Face format (the real GPT-2 tokenizer needs 50,257 ids)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jacdc import _cli, _results
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=8, n_positions=32, vocab_size=50257
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    code = _cli.main(
+        [
+            "discover",
+            "ioi",
+            "--weights",
+            str(tmp_path / "gpt2"),
+            "--threshold",
+            "0.01",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = _results.read_result(tmp_path / "run" / "result.json")
+    assert doc["task"] == "ioi" and doc["n_edges_total"] == len(
+        jacdc.graph_of(jacdc.GraphShape(1, 2, True, 1))
+    )
+    assert {"kl_div", "logit_diff"} <= set(doc["metrics"]["test"])
