@@ -1,37 +1,43 @@
 """Accelerator benchmark: the fast ACDC engine, EAP and an SP lambda sweep on a random-weight
 GPT-2-small-shaped model with IOI-shaped data. Writes JSON (default
-`benchmarks/results/gpu.json`).
+`benchmarks/results/gpu.json`); run it through `benchmarks/gpu.sh`.
 
 Workload: GPT-2 small's shape (12 layers x 12 heads, d_model 768, d_mlp 3072, vocabulary 50,257;
-32,923 edges), random weights (`Transformer(cfg, key)`, std 0.02); IOI-shaped data: 100 prompts
-of 16 random tokens, the corrupted prompt replaces the three "name" slots (positions 2, 4 and 10)
-with other random tokens; metric: KL at the last position.
+32,923 edges) with GPT-2's random initialisation ([`random_gpt2`][]); IOI-shaped data: 100
+prompts of 16 random tokens, the corrupted prompt replaces the three "name" slots (positions 2, 4
+and 10) with other random tokens; metric: KL at the last position.
 
-Phases (each printed as it runs):
+Phases (each printed as it runs; the JSON is rewritten after each):
 
+0. **Compilation, ahead and in parallel.** On an H100 one stage of the fast engine's evaluator
+   takes 40-60 s to compile and there are 25 stages; EAP's gradient ~65 s; SP's training scan
+   more. Every step is compiled with `.lower(...).compile()` in a thread pool (XLA compiles
+   outside the GIL): the ACDC stages first, EAP and SP while the ACDC run keeps the accelerator
+   busy. The first real call of each then finds it compiled. Compile times are reported apart.
 1. **tau calibration.** A random GPT-2 has no known metric scale, so tau comes from a probe:
    the single-edge effect (KL increase when one edge is removed from the full model) of
-   `--probe` random edges, through the fast engine's own evaluator; tau is their quantile
-   `1 - target/edges` (target: 400 edges). The edges ACDC actually keeps are reported.
-2. **ACDC** (fast engine, default settings: suffix recomputation, speculative candidates). Edge
-   tests per second, over the whole run and over the calls that did not compile; FLOP/s from
-   per-stage FLOP counts (`stage_flops`) x lanes per call, against the device's peak.
+   `--probe` random edges, each evaluated from its receiver's stage as the engine does; tau is
+   their `1 - target/edges` quantile (target 400 edges). The edges ACDC keeps are reported.
+2. **ACDC** (fast engine, default settings: suffix recomputation, speculative candidates, lanes
+   `auto`). Edge tests per second; FLOP/s from per-stage FLOP counts ([`stage_flops`][]) x
+   lanes per call, over the run and over the calls after each stage's first.
 3. **EAP** (one gradient over the batch), timed warm.
-4. **SP** (`sp_sweep` over as many lambdas as the memory model says fit, all trained together),
-   timed warm.
+4. **SP** (the vmapped lambda sweep, as many lambdas as the memory model says fit, at most
+   `--sp-lambdas`), one timed run of `--sp-steps` steps.
 
 Memory: for each phase the memory model's prediction (`jacdc._memory`) next to XLA's
 `memory_analysis()` of the same compiled step, and the device's `peak_bytes_in_use`.
 
 Peak FLOP/s (dense, per NVIDIA's datasheets): H100 SXM / H200: FP32 67 TFLOP/s, TF32 tensor
 core 495, BF16 989; H100 PCIe: 51 / 378 / 756; A100: 19.5 / 156 / 312. jacdc computes in
-float32; XLA runs float32 matrix products on tensor cores as TF32 unless
-`jax_default_matmul_precision` says otherwise, so the TF32 figure is the relevant roof (the
-FP32 one is reported too).
+float32; XLA may run float32 matrix products as TF32 on tensor cores (its default precision), so
+the JSON gives the fraction of both the FP32 and the TF32 roof (and of BF16 for reference). The
+masked forward is dominated by the receivers' mixing contractions, which are memory-bound, so
+expect a small fraction of either.
 
 `--small` runs the same phases on a tiny model on CPU in seconds (the test suite runs it).
-`--budget-s` caps the run: ACDC stops when its share is spent (the JSON then says
-`"truncated": true`), later phases shrink.
+`--budget-s` (default 420) caps the run: ACDC stops when only the reserve for EAP and SP is left
+(the JSON then says `"truncated": true`, with the tests done so far).
 """
 
 import argparse
@@ -126,15 +132,16 @@ def device_peak_bytes():
     return {"host_max_rss_bytes": int(rss)}
 
 
-def xla_step_memory(jitted, *args) -> dict:
-    """XLA's memory figures for the compiled step `jitted(*args)` (an `eqx.filter_jit`
-    function), and the seconds the lowering and compilation took."""
+def compile_step(jitted, *args) -> dict:
+    """Compiles `jitted(*args)` (an `eqx.filter_jit` function) ahead of its first call (the
+    call then finds it compiled) and returns XLA's memory figures for it and the seconds the
+    lowering and compilation took. Thread-safe: the benchmark compiles several at once."""
     t = time.perf_counter()
     try:
         compiled = jitted.lower(*args).compile()
         stats = compiled.compiled.memory_analysis()
     except Exception as e:  # report, never fail the benchmark on this
-        return {"error": f"{type(e).__name__}: {e}"[:300]}
+        return {"error": f"{type(e).__name__}: {e}"[:300], "compile_s": time.perf_counter() - t}
     out = {
         "arguments": int(stats.argument_size_in_bytes),
         "outputs": int(stats.output_size_in_bytes),
@@ -237,76 +244,68 @@ class _Stop(Exception):
     pass
 
 
-def probe_tau(model, task, corrupted, n_lanes: int, n_probe: int, target: int, seed: int):
-    """Single-edge effects of `n_probe` random edges at the full model, and the tau at which
-    `target` of all edges would exceed it."""
+def acdc_stages(model) -> list[int]:
+    stages = list(range(2 * model.cfg.n_layers + 1))
+    return stages if model.cfg.has_mlp else [s for s in stages if s % 2 == 0]
+
+
+def stage_args(model, task, corrupted, clean_sources, n_lanes: int, stage: int):
+    """The fast engine evaluator's arguments at `stage`, as the engine builds them."""
+    import jax.numpy as jnp
+
+    import jacdc
+
+    E = len(jacdc.graph_of(model.graph_shape))
+    n = model.n_prefix(stage)
+    if stage == 0 or clean_sources is None:  # zeros of the right shape: enough to compile
+        prefix = jnp.zeros((task.batch, n, task.seq, model.cfg.d_model), jnp.float32)
+    else:
+        prefix = clean_sources[:, :n]
+    vecs = jnp.ones((n_lanes, E), jnp.float32)
+    return (model, task, corrupted, prefix, vecs, stage, "kl_div")
+
+
+def probe_tau(model, task, corrupted, clean_sources, n_lanes, n_probe, target, seed):
+    """Single-edge effects of `n_probe` random edges at the full model, each evaluated from its
+    receiver's stage exactly as the engine would, and the tau that `target` of all edges would
+    exceed (their `1 - target / edges` quantile)."""
     import jax.numpy as jnp
     import numpy as np
 
-    from jacdc import _acdc, graph_of
+    from jacdc import _acdc, acdc_nodes, graph_of
 
     graph = graph_of(model.graph_shape)
     E = len(graph)
+    stage_of = np.zeros(E, np.int64)
+    for node in acdc_nodes(model.graph_shape):
+        stage_of[list(node.incoming)] = node.stage
     rng = np.random.default_rng(seed)
     edges = rng.choice(E, size=min(n_probe, E), replace=False)
-    prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)
     full = np.ones((n_lanes, E), np.float32)
     t = time.perf_counter()
-    base = float(
-        np.asarray(
-            _acdc._eval_candidates(model, task, corrupted, prefix, jnp.asarray(full), 0, "kl_div")
-        )[0]
-    )
-    first_call_s = time.perf_counter() - t
-    effects = []
-    t = time.perf_counter()
-    for i in range(0, len(edges), n_lanes):
-        chunk = edges[i : i + n_lanes]
-        vecs = full.copy()
-        vecs[np.arange(len(chunk)), chunk] = 0.0
-        out = np.asarray(
-            _acdc._eval_candidates(model, task, corrupted, prefix, jnp.asarray(vecs), 0, "kl_div")
-        )
-        effects.extend((out[: len(chunk)] - base).tolist())
+    base = None
+    effects, n_calls = [], 0
+    for stage in sorted(set(stage_of[edges].tolist()), reverse=True):
+        args = stage_args(model, task, corrupted, clean_sources, n_lanes, stage)
+        if base is None:
+            base = float(np.asarray(_acdc._eval_candidates(*args[:4], jnp.asarray(full),
+                                                           *args[5:]))[0])  # fmt: skip
+        group = edges[stage_of[edges] == stage]
+        for i in range(0, len(group), n_lanes):
+            chunk = group[i : i + n_lanes]
+            vecs = full.copy()
+            vecs[np.arange(len(chunk)), chunk] = 0.0
+            out = np.asarray(_acdc._eval_candidates(*args[:4], jnp.asarray(vecs), *args[5:]))
+            effects.extend((out[: len(chunk)] - base).tolist())
+            n_calls += 1
     effects = np.array(effects)
     q = min(max(1.0 - target / E, 0.0), 1.0)
     tau = float(np.quantile(effects, q))
     return tau, {
-        "n_probe": int(len(edges)), "full_model_kl": base, "quantile": q,
+        "n_probe": int(len(edges)), "device_calls": n_calls, "full_model_kl": base,
+        "quantile": q, "probe_s": time.perf_counter() - t,
         "effect_percentiles": {p: float(np.percentile(effects, p)) for p in (50, 90, 99, 100)},
-        "first_call_s": first_call_s, "probe_s": time.perf_counter() - t,
     }  # fmt: skip
-
-
-def precompile_stages(model, task, corrupted, n_lanes: int, workers: int) -> dict:
-    """Compiles the fast engine's evaluator for every stage, in parallel threads (XLA compiles
-    outside the GIL), before the timed run: the run's own calls then find them compiled."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import jax.numpy as jnp
-
-    import jacdc
-    from jacdc import _acdc
-
-    E = len(jacdc.graph_of(model.graph_shape))
-    stages = list(range(2 * model.cfg.n_layers + 1))
-    if not model.cfg.has_mlp:
-        stages = [s for s in stages if s % 2 == 0]
-
-    def one(stage):
-        t = time.perf_counter()
-        shape = (task.batch, model.n_prefix(stage), task.seq, model.cfg.d_model)
-        prefix = jnp.zeros(shape, jnp.float32)
-        vecs = jnp.ones((n_lanes, E), jnp.float32)
-        _acdc._eval_candidates.lower(model, task, corrupted, prefix, vecs, stage,
-                                     "kl_div").compile()  # fmt: skip
-        return time.perf_counter() - t
-
-    t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        times = list(pool.map(one, stages))
-    return {"stages": len(stages), "workers": workers, "wall_s": time.perf_counter() - t,
-            "sum_s": sum(times), "max_s": max(times)}  # fmt: skip
 
 
 def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
@@ -391,7 +390,7 @@ def main(argv=None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="wall-clock budget (default 420 s; 120 s with --small)",
+        help="wall-clock budget (default 450 s; 120 s with --small)",
     )
     p.add_argument("--batch", type=int, default=None, help="default 100 (8 with --small)")
     p.add_argument("--seq", type=int, default=16)
@@ -403,20 +402,28 @@ def main(argv=None) -> int:
         default=None,
         help="edges tau should keep (default 400; a tenth of the graph with --small)",
     )
-    p.add_argument("--probe", type=int, default=None, help="edges probed (default 1024)")
+    p.add_argument("--probe", type=int, default=None, help="edges probed (default 512)")
     p.add_argument("--sp-lambdas", type=int, default=4, help="most lambdas trained together")
-    p.add_argument("--sp-steps", type=int, default=None, help="default 100 (5 with --small)")
+    p.add_argument("--sp-steps", type=int, default=None, help="default 50 (5 with --small)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="compilation threads (default: CPU cores, at most 12)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)  # fmt: skip
     small = args.small
     budget = args.budget_s or (120.0 if small else 420.0)
     batch = args.batch or (8 if small else 100)
-    sp_steps = args.sp_steps or (5 if small else 100)
-    n_probe = args.probe or (64 if small else 1024)
+    sp_steps = args.sp_steps or (5 if small else 50)
+    n_probe = args.probe or (64 if small else 512)
     out_path = Path(args.out) if args.out else RESULTS
     clock = Clock(budget)
 
     _bootstrap()
+    from concurrent.futures import ThreadPoolExecutor
+
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -435,6 +442,7 @@ def main(argv=None) -> int:
         "machine": {"platform": dev.platform, "device_kind": dev.device_kind,
                     "device_count": jax.device_count(), "jax": jax.__version__,
                     "python": platform.python_version(), "host": platform.node(),
+                    "cpu_count": os.cpu_count(),
                     "matmul_precision": str(getattr(jax.config,
                                                     "jax_default_matmul_precision", None))},
         "peak_flops_per_s": peak_flops(dev.device_kind),
@@ -447,6 +455,13 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(doc, indent=1, default=str))
         os.replace(tmp, out_path)
 
+    peak = doc["peak_flops_per_s"]
+
+    def vs_peak(flops_per_s):
+        if not peak or not flops_per_s:
+            return None
+        return {k: flops_per_s / peak[k] for k in ("fp32", "tf32", "bf16")}
+
     # ---- setup ----
     model, task = build(small, batch, args.seq, args.seed)
     corrupted = ablation_sources(model, task, False)
@@ -454,7 +469,7 @@ def main(argv=None) -> int:
     doc["workload"] = {
         "model": {k: getattr(model.cfg, k) for k in ("n_layers", "n_heads", "d_model", "d_head",
                                                        "d_mlp", "d_vocab", "n_ctx")},
-        "random_weights": "GPT-2 initialisation (random_gpt2), NumPy seed " + str(args.seed),
+        "random_weights": f"GPT-2 initialisation (random_gpt2), NumPy seed {args.seed}",
         "batch": task.batch, "seq": task.seq, "metric": "kl_div (last position)",
         "corruption": "random tokens at positions 2, 4, 10 (IOI name slots)",
         "edges": len(jacdc.graph_of(model.graph_shape)),
@@ -465,110 +480,26 @@ def main(argv=None) -> int:
         f"{doc['workload']['forward_flops_full'] / 1e9:.1f} GFLOP per candidate forward"
     )
     n_lanes = args.candidates or _acdc.auto_candidates(model, task, 1)
-    peak = doc["peak_flops_per_s"]
 
-    def vs_peak(flops_per_s):
-        if not peak or not flops_per_s:
-            return None
-        return {k: flops_per_s / peak[k] for k in ("fp32", "tf32", "bf16")}
-
-    # ---- ACDC ----
-    estimate = _memory.acdc_memory(model.cfg, task.batch, task.seq, candidates=n_lanes,
+    # ---- sizes from the memory model ----
+    acdc_est = _memory.acdc_memory(model.cfg, task.batch, task.seq, candidates=n_lanes,
                                    task=task)  # fmt: skip
-    log(f"memory model: {estimate}")
-    _memory.check_fits(estimate)
-    stage = estimate.stage or 0
-    prefix = jnp.zeros((task.batch, model.n_prefix(stage), task.seq, model.cfg.d_model))
-    vecs = jnp.ones((n_lanes, len(jacdc.graph_of(model.graph_shape))), jnp.float32)
-    xla = xla_step_memory(_acdc._eval_candidates, model, task, corrupted, prefix, vecs, stage,
-                          "kl_div")  # fmt: skip
-    del prefix
-    doc["acdc"] = {"memory": compare(estimate, xla)}
-    log(
-        f"ACDC step at stage {stage}: predicted {estimate.step / 2**30:.2f} GiB, XLA "
-        f"{xla.get('total', 0) / 2**30:.2f} GiB ({xla.get('compile_s', 0):.1f} s to compile)"
-    )
-    target = args.target_edges or (max(4, doc["workload"]["edges"] // 10) if small else 400)
-    doc["acdc"]["target_edges"] = target
-    if args.tau is None:
-        tau, probe = probe_tau(model, task, corrupted, n_lanes, n_probe, target, args.seed)
-        doc["acdc"]["calibration"] = probe
-        log(f"tau = {tau:.3g} from {probe['n_probe']} single-edge effects "
-            f"({probe['probe_s']:.1f} s)")  # fmt: skip
-    else:
-        tau = args.tau
-    write()
-    workers = min(8, os.cpu_count() or 1)
-    log(f"compiling the evaluator for every stage ({workers} threads) ...")
-    try:
-        doc["acdc"]["precompile"] = precompile_stages(model, task, corrupted, n_lanes, workers)
-        log(
-            f"  compiled in {doc['acdc']['precompile']['wall_s']:.1f} s "
-            f"(sum over stages {doc['acdc']['precompile']['sum_s']:.1f} s)"
-        )
-    except Exception as e:  # the run compiles on demand instead
-        doc["acdc"]["precompile"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        log(f"  precompilation failed ({doc['acdc']['precompile']['error']}); compiling on demand")
-    write()
-    acdc_deadline = clock.elapsed + 0.55 * clock.left
-    acdc = run_acdc(model, task, tau, n_lanes, acdc_deadline, clock)
-    acdc["achieved_vs_peak"] = vs_peak(acdc["achieved_flops_per_s"])
-    acdc["achieved_vs_peak_steady"] = vs_peak(acdc["achieved_flops_per_s_steady"])
-    doc["acdc"].update(acdc)
-    doc["acdc"]["tau_source"] = "--tau" if args.tau is not None else "probe quantile"
-    doc["acdc"]["peak_memory"] = device_peak_bytes()
-    log(
-        f"ACDC: {acdc['edge_tests']} tests in {acdc['wall_s']:.1f} s "
-        f"({acdc['edges_per_s']:.0f}/s; {acdc['edges_per_s_excluding_first_calls']:.0f}/s "
-        f"without compiling calls), kept {acdc['edges_kept']} edges"
-        + (" [TRUNCATED]" if acdc["truncated"] else "")
-    )
-    write()
-
-    # ---- EAP ----
-    try:
-        estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
-        _memory.check_fits(estimate)
-        alphas = jnp.ones((1,), jnp.float32)
-        xla = xla_step_memory(_eap._mask_grads, model, task, corrupted, alphas, "kl_div")
-        t = time.perf_counter()
-        scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
-        cold = time.perf_counter() - t
-        reps, t = 0, time.perf_counter()
-        while reps < 3 and (reps == 0 or time.perf_counter() - t < 0.1 * max(clock.left, 0)):
-            scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
-            reps += 1
-        warm = (time.perf_counter() - t) / reps
-        eap_flops = 3 * stage_flops(model, task, 0)  # forward + backward
-        doc["eap"] = {
-            "memory": compare(estimate, xla),
-            "first_call_s": cold, "warm_s": warm, "reps": reps,
-            "edges_scored_per_s": len(scores) / warm,
-            "flops_estimate": eap_flops, "achieved_flops_per_s": eap_flops / warm,
-            "achieved_vs_peak": vs_peak(eap_flops / warm),
-            "peak_memory": device_peak_bytes(),
-            "max_abs_score": float(np.max(np.abs(scores))),
-        }  # fmt: skip
-        log(f"EAP: {warm * 1e3:.1f} ms per gradient warm ({cold:.1f} s first call)")
-        write()
-    except Exception as e:  # e.g. out of memory: record it, go on to SP
-        doc["eap"] = {"error": f"{type(e).__name__}: {e}"[:500]}
-        log(f"EAP failed: {doc['eap']['error']}")
-    write()
-
-    # ---- SP ----
+    eap_est = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
+    log(f"memory model: {acdc_est}")
+    log(f"memory model: {eap_est}")
+    _memory.check_fits(acdc_est)
     free, _ = _memory.device_memory()
-    sp_batch = task.batch
-    n_lam = args.sp_lambdas
+    sp_batch, n_lam = task.batch, args.sp_lambdas
     while True:  # the most lambdas (at least 2) at the full batch, else a smaller batch
-        estimate = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
-                                     n_steps=sp_steps, task=None)  # fmt: skip
-        if free is None or estimate.total <= 0.8 * free or (n_lam == 1 and sp_batch <= 8):
+        sp_est = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
+                                   n_steps=sp_steps)  # fmt: skip
+        if free is None or sp_est.total <= 0.8 * free or (n_lam == 1 and sp_batch <= 8):
             break
         if n_lam > 2 or (n_lam == 2 and sp_batch <= 8):
             n_lam -= 1
         else:
             sp_batch //= 2
+    log(f"memory model: {sp_est}")
 
     def shrink(tree, b):
         return jax.tree.map(
@@ -576,53 +507,156 @@ def main(argv=None) -> int:
             tree,
         )
 
-    lambdas = list(np.logspace(-2, 1, n_lam)) if n_lam > 1 else [0.1]
-    state = _sp.init_sp_state(model.graph_shape, n_lam)
-    keys = jr.split(jr.key(args.seed), n_lam)
-    lam_arr = jnp.asarray(lambdas, jnp.float32)
-    lr = jnp.asarray(1e-3, jnp.float32)
-    for _ in range(3):  # XLA's own figure has the last word: halve the batch if it won't fit
-        sp_task, sp_corr = shrink(task, sp_batch), shrink(corrupted, sp_batch)
-        log(f"SP: {n_lam} lambdas x {sp_steps} steps on batch {sp_batch}: {estimate}")
-        xla = xla_step_memory(_sp._sp_train, state, lam_arr, lr, keys, model, sp_task, sp_corr,
-                              "kl_div", sp_steps)  # fmt: skip
-        if free is None or xla.get("total", 0) <= 0.95 * free or sp_batch <= 8:
-            break
-        log(f"  XLA needs {xla['total'] / 2**30:.1f} GiB of {free / 2**30:.1f} GiB free: "
-            "halving the batch")  # fmt: skip
-        sp_batch //= 2
-        estimate = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
-                                     n_steps=sp_steps)  # fmt: skip
-    sp_doc = {"memory": compare(estimate, xla), "lambdas": [float(x) for x in lambdas],
-              "batch": sp_batch, "steps": sp_steps}  # fmt: skip
+    sp_task, sp_corr = shrink(task, sp_batch), shrink(corrupted, sp_batch)
+    lambdas = [float(x) for x in np.logspace(-2, 1, n_lam)] if n_lam > 1 else [0.1]
+    sp_args = (
+        _sp.init_sp_state(model.graph_shape, n_lam), jnp.asarray(lambdas, jnp.float32),
+        jnp.asarray(1e-3, jnp.float32), jr.split(jr.key(args.seed), n_lam), model, sp_task,
+        sp_corr, "kl_div", sp_steps,
+    )  # fmt: skip
+
+    # ---- compile everything ahead (XLA compiles outside the GIL) ----
+    # The ACDC stages first (the ACDC run needs them); EAP and SP compile on the CPU while the
+    # ACDC run keeps the accelerator busy.
+    workers = args.workers or min(12, os.cpu_count() or 1)
+    stages = acdc_stages(model)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    t_compile = time.perf_counter()
+
+    def clean_prefix():
+        out = _acdc._clean_prefix_sources(model, task.clean)
+        return jax.block_until_ready(out)
+
+    clean_job = pool.submit(clean_prefix)
+
+    def compile_stage(st):  # the zero prefix is allocated in the thread, freed after
+        return compile_step(_acdc._eval_candidates,
+                            *stage_args(model, task, corrupted, None, n_lanes, st))  # fmt: skip
+
+    stage_jobs = {st: pool.submit(compile_stage, st) for st in stages}
+    eap_job = pool.submit(compile_step, _eap._mask_grads, model, task, corrupted,
+                          jnp.ones((1,), jnp.float32), "kl_div")  # fmt: skip
+    sp_job = pool.submit(compile_step, _sp._sp_train, *sp_args)
+    log(f"compiling {len(stages)} ACDC stages, EAP and SP on {workers} threads ...")
+    stage_info = {st: job.result() for st, job in stage_jobs.items()}
+    clean_sources = clean_job.result()
+    compile_wall = time.perf_counter() - t_compile
+    worst = acdc_est.stage or 0
+    doc["acdc"] = {
+        "memory": compare(acdc_est, stage_info[worst]),
+        "compile": {"stages": len(stages), "workers": workers, "wall_s": compile_wall,
+                    "sum_s": sum(i["compile_s"] for i in stage_info.values()),
+                    "max_s": max(i["compile_s"] for i in stage_info.values()),
+                    "errors": [i["error"] for i in stage_info.values() if "error" in i]},
+    }  # fmt: skip
+    log(
+        f"  ACDC stages compiled in {compile_wall:.1f} s (sum {doc['acdc']['compile']['sum_s']:.0f}"
+        f" s); step at stage {worst}: predicted {acdc_est.step / 2**30:.2f} GiB, XLA "
+        f"{stage_info[worst].get('total', 0) / 2**30:.2f} GiB"
+    )
+    write()
+
+    # ---- ACDC ----
+    target = args.target_edges or (max(4, doc["workload"]["edges"] // 10) if small else 400)
+    doc["acdc"]["target_edges"] = target
+    if args.tau is None:
+        tau, probe = probe_tau(model, task, corrupted, clean_sources, n_lanes, n_probe, target,
+                               args.seed)  # fmt: skip
+        doc["acdc"]["calibration"] = probe
+        log(f"tau = {tau:.3g} from {probe['n_probe']} single-edge effects "
+            f"({probe['probe_s']:.1f} s)")  # fmt: skip
+    else:
+        tau = args.tau
+    del clean_sources
+    write()
+    reserve = 20.0 if small else 100.0  # EAP and SP runs after ACDC
+    acdc_deadline = clock.elapsed + max(clock.left - reserve, 10.0)
     try:
+        acdc = run_acdc(model, task, tau, n_lanes, acdc_deadline, clock)
+        acdc["achieved_vs_peak"] = vs_peak(acdc["achieved_flops_per_s"])
+        acdc["achieved_vs_peak_steady"] = vs_peak(acdc["achieved_flops_per_s_steady"])
+        acdc["tau_source"] = "--tau" if args.tau is not None else "probe quantile"
+        doc["acdc"].update(acdc)
+        log(
+            f"ACDC: {acdc['edge_tests']} tests in {acdc['wall_s']:.1f} s "
+            f"({acdc['edges_per_s']:.0f}/s), kept {acdc['edges_kept']} of {acdc['edges_total']}"
+            " edges" + (" [TRUNCATED]" if acdc["truncated"] else "")
+        )
+    except Exception as e:  # e.g. out of memory: record it, go on
+        doc["acdc"]["error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"ACDC failed: {doc['acdc']['error']}")
+    doc["acdc"]["peak_memory"] = device_peak_bytes()
+    write()
+
+    # ---- EAP ----
+    try:
+        info = eap_job.result(timeout=max(clock.left, 1.0))
+        if "error" in info:
+            raise RuntimeError(info["error"])
         t = time.perf_counter()
-        out = _sp._sp_train(state, lam_arr, lr, keys, model, sp_task, sp_corr, "kl_div", sp_steps)
-        jax.block_until_ready(out)
+        scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
         cold = time.perf_counter() - t
+        reps, t = 0, time.perf_counter()
+        while reps < 3 and (reps == 0 or time.perf_counter() - t < 0.05 * max(clock.left, 0)):
+            scores = jacdc.eap_scores(model, task, metric="kl_div", corrupted=corrupted)
+            reps += 1
+        warm = (time.perf_counter() - t) / reps
+        eap_flops = 3 * stage_flops(model, task, 0)  # forward + backward
+        doc["eap"] = {
+            "memory": compare(eap_est, info), "compile_s": info.get("compile_s"),
+            "first_call_s": cold, "warm_s": warm, "reps": reps,
+            "edges_scored_per_s": len(scores) / warm,
+            "flops_estimate": eap_flops, "achieved_flops_per_s": eap_flops / warm,
+            "achieved_vs_peak": vs_peak(eap_flops / warm),
+            "max_abs_score": float(np.max(np.abs(scores))),
+        }  # fmt: skip
+        log(f"EAP: {warm * 1e3:.1f} ms per gradient warm (compiled in "
+            f"{info.get('compile_s', 0):.0f} s)")  # fmt: skip
+    except Exception as e:  # e.g. out of memory: record it, go on to SP
+        doc["eap"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        log(f"EAP failed: {doc['eap']['error']}")
+    doc["eap"]["peak_memory"] = device_peak_bytes()
+    write()
+
+    # ---- SP ----
+    sp_doc = {"lambdas": lambdas, "batch": sp_batch, "steps": sp_steps}
+    try:
+        left = clock.left
+        log(f"SP: waiting for its compilation ({left:.0f} s of the budget left) ...")
+        info = sp_job.result(timeout=max(left, 1.0))
+        sp_doc.update({"memory": compare(sp_est, info), "compile_s": info.get("compile_s")})
+        if "error" in info:
+            raise RuntimeError(info["error"])
+        if free is not None and info["total"] > 0.95 * free:
+            raise RuntimeError(f"XLA needs {info['total']} bytes, {free} free: not run")
         t = time.perf_counter()
-        out = _sp._sp_train(state, lam_arr, lr, keys, model, sp_task, sp_corr, "kl_div", sp_steps)
+        out = _sp._sp_train(*sp_args)  # compiled ahead: this call only runs
         jax.block_until_ready(out)
         warm = time.perf_counter() - t
         step_flops = n_lam * 3 * stage_flops(model, sp_task, 0)
         sp_doc.update({
-            "first_call_s": cold, "warm_s": warm, "steps_per_s": sp_steps / warm,
+            "run_s": warm, "steps_per_s": sp_steps / warm,
             "lambda_steps_per_s": n_lam * sp_steps / warm,
             "flops_per_step_estimate": step_flops,
             "achieved_flops_per_s": step_flops * sp_steps / warm,
             "achieved_vs_peak": vs_peak(step_flops * sp_steps / warm),
             "final_metric": [float(x) for x in np.asarray(out[1][1])[:, -1]],
         })  # fmt: skip
-        log(f"SP: {sp_steps / warm:.1f} steps/s warm ({cold:.1f} s first call)")
-    except Exception as e:  # e.g. out of memory: record it, keep the other results
+        log(f"SP: {sp_steps / warm:.1f} steps/s warm for {n_lam} lambdas (compiled in "
+            f"{info.get('compile_s', 0):.0f} s)")  # fmt: skip
+    except Exception as e:  # out of memory or out of time: record it, keep the rest
         sp_doc["error"] = f"{type(e).__name__}: {e}"[:500]
         log(f"SP failed: {sp_doc['error']}")
     sp_doc["peak_memory"] = device_peak_bytes()
     doc["sp"] = sp_doc
     write()
+    pool.shutdown(wait=False, cancel_futures=True)
     log(f"done in {clock.elapsed:.1f} s; wrote {out_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # without joining a compilation still running past the budget

@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
             help="ignore a checkpoint in the output folder and start over",
         )
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument(
+            "--devices",
+            type=int,
+            default=None,
+            help="ACDC: devices to shard over (default: all that JAX sees); the batch is split "
+            "over them and the rest split the fast engine's candidates (docs/scale.md)",
+        )
 
     d = sub.add_parser("discover", help="find a circuit")
     common(d)
@@ -221,16 +228,21 @@ def _acdc_runs(args, thresholds, out_dir: Path):
     progress, close = _progress_bar(not args.no_progress, total, f"ACDC {args.task}")
     start = time.perf_counter()
     try:
+        from jacdc import _sharding
+
         kwargs = {}
         if args.engine == "fast":
             kwargs = {"checkpoint": checkpoint, "resume": resume}
-            if args.candidates:
-                kwargs["candidates"] = args.candidates
-        results = jacdc.acdc_sweep(
+        # One device: exactly `jacdc.acdc_sweep`. Several: the batch (and candidates) sharded.
+        # Either way the memory estimate is printed and checked before anything runs.
+        results = _sharding.sharded_acdc_sweep(
             bundle.model,
             task,
             thresholds,
             metric=metric,
+            devices=args.devices,
+            candidates=args.candidates or "auto",
+            on_estimate=lambda e: print(f"jacdc: memory: {e}", file=sys.stderr),
             zero_ablation=args.zero_ablation,
             abs_value=args.abs_value,
             engine=args.engine,

@@ -40,9 +40,16 @@ calibrated against XLA; `bsd = B S d f`):
 stage) the median error is 12% and 24 of 30 are within 25% (extremes: -35% for a 3-layer
 attention-only model with d_head * heads > d_model, +33% for 1-layer models). Gradients are
 more regular: 20 EAP shapes within 15% (median 5%), 10 SP shapes within 6% (median 3%).
-XLA:GPU fuses and schedules differently; `benchmarks/gpu.py` records the prediction next to
-XLA's figure on the accelerator. Use the estimate to size runs and to fail early, with the
-margin [`check_fits`][] leaves.
+
+**Backends.** The coefficients above are XLA:CPU's. XLA:GPU fuses away the per-receiver copies of
+the corrupted sources that XLA:CPU keeps (and the larger stack copy), so on accelerators
+(`backend="gpu"`, also used for TPUs, uncalibrated there) the fast engine's coefficients are
+`(1, 0, 0.25, 1, 2)`, EAP's drop the copies and use `1.5 mixes`, SP's drop the copies. Set from
+GPT-2 small on an H100 (JAX 0.11.2, batch 100, 16 tokens): fast ACDC with 8 candidates
+predicted 0.97x XLA's 14.36 GB, EAP 1.02x XLA's 15.33 GB (and XLA's figures matched the device's
+`peak_bytes_in_use` to 0.2%); SP's GPU coefficients are unmeasured. `benchmarks/gpu.py` records
+prediction and XLA's figure for every run. Use the estimate to size runs and to fail early,
+with the margin [`check_fits`][] leaves.
 """
 
 import dataclasses
@@ -216,6 +223,7 @@ def acdc_memory(
     source_dtype=None,
     stage: int | None = None,
     suffix: bool | str = True,
+    backend: str | None = None,
 ) -> MemoryEstimate:
     """Bytes of the fast ACDC engine, per device.
 
@@ -230,6 +238,8 @@ def acdc_memory(
     - `stage`: one call starting at this stage; `None`: the run's worst stage.
     - `suffix`: the engine's suffix recomputation (`False`: every call starts at stage 0 and
         no clean sources are cached; `"auto"` counts as `True`, the larger).
+    - `backend`: `"cpu"` or `"gpu"` (XLA lays out memory differently); default: JAX's default
+        backend. TPUs get the GPU coefficients.
 
     **Returns:** a [`MemoryEstimate`][].
     """
@@ -250,7 +260,7 @@ def acdc_memory(
     best = None
     for s in stages:
         prefix = B * _n_prefix(shape, s) * seq * cfg.d_model * fs
-        temp = _acdc_temp(cfg, B, seq, K, n_pos, s)
+        temp = _acdc_temp(cfg, B, seq, K, n_pos, s, _ACDC_COEF[_backend(backend)])
         step = sum(fixed.values()) + prefix + K * _F32 + temp
         if best is None or step > best[0]:
             best = (step, s, prefix, temp)
@@ -263,7 +273,17 @@ def acdc_memory(
     )  # fmt: skip
 
 
-def _acdc_temp(cfg, B, S, K, P, stage) -> int:
+# Coefficients of the fast engine's terms (stack, corrupted_copies, corrupted_mix, qkv, logits),
+# per XLA backend; see the module docstring for where they come from.
+_ACDC_COEF = {"cpu": (1.5, 0.75, 0.25, 1.0, 2.0), "gpu": (1.0, 0.0, 0.25, 1.0, 2.0)}
+
+
+def _backend(backend: str | None) -> str:
+    backend = jax.default_backend() if backend is None else backend
+    return "cpu" if backend == "cpu" else "gpu"  # TPUs: the GPU figures, uncalibrated
+
+
+def _acdc_temp(cfg, B, S, K, P, stage, coef) -> int:
     shape = cfg.graph_shape
     H, e, V = cfg.n_heads, cfg.d_head, cfg.vocab_out
     bsd = B * S * cfg.d_model * _F32  # the forward's temporaries are float32
@@ -276,13 +296,20 @@ def _acdc_temp(cfg, B, S, K, P, stage) -> int:
     corrupted_mix = K * bsd * (3 * H * n_attn + n_mlp + 1)
     qkv = K * B * S * 3 * H * e * _F32 * n_attn
     logits = K * B * P * V * _F32
-    return int(1.5 * stack + 0.75 * corrupted_copies + 0.25 * corrupted_mix + qkv + 2 * logits)
+    terms = (stack, corrupted_copies, corrupted_mix, qkv, logits)
+    return int(sum(c * t for c, t in zip(coef, terms)))
 
 
 # Coefficients of the gradient terms, calibrated against XLA (see the module docstring):
 # (stacks, corrupted_copies, mixes, qkv, patterns, hidden, largest stack).
-_EAP_COEF = (1.0, 0.75, 3.5, 3.0, 2.0, 1.0, 0.0)
-_SP_COEF = (1.4, 1.2, 0.9, 0.0, 10.0, 4.0, 3.0)
+_EAP_COEF = {
+    "cpu": (1.0, 0.75, 3.5, 3.0, 2.0, 1.0, 0.0),
+    "gpu": (1.0, 0.0, 1.5, 3.0, 2.0, 1.0, 0.0),
+}
+_SP_COEF = {
+    "cpu": (1.4, 1.2, 0.9, 0.0, 10.0, 4.0, 3.0),
+    "gpu": (1.4, 0.0, 0.9, 0.0, 10.0, 4.0, 3.0),
+}
 
 
 def _grad_temp(cfg, B, S, K, coef) -> int:
@@ -316,6 +343,7 @@ def eap_memory(
     n_pos: int = 1,
     task=None,
     mesh_shape: tuple[int, int] = (1, 1),
+    backend: str | None = None,
 ) -> MemoryEstimate:
     """Bytes of EAP (`steps=1`) or EAP-IG with `steps` points (vmapped), per device. Arguments
     as [`acdc_memory`][]; the batch is sharded, the points are not."""
@@ -329,7 +357,7 @@ def eap_memory(
         "corrupted sources": source_bytes(cfg, B, seq),
     }
     out = _mask_bytes(cfg.graph_shape)
-    temp = _grad_temp(cfg, B, seq, K, _EAP_COEF)
+    temp = _grad_temp(cfg, B, seq, K, _EAP_COEF[_backend(backend)])
     parts = dict(args, **{"activations (saved for backward)": temp, "gradients": out})
     return MemoryEstimate("eap", sum(args.values()), out, temp, 0, parts, tuple(mesh_shape),
                           f"{K} point{'s' if K > 1 else ''}")  # fmt: skip
@@ -345,6 +373,7 @@ def sp_memory(
     n_pos: int = 1,
     task=None,
     mesh_shape: tuple[int, int] = (1, 1),
+    backend: str | None = None,
 ) -> MemoryEstimate:
     """Bytes of an SP sweep over `n_lambdas` values trained together, per device (lambdas are
     split over the lane axis). Arguments as [`acdc_memory`][]."""
@@ -361,7 +390,7 @@ def sp_memory(
         "SP state": state + K * 12,  # + lambdas and keys
     }
     out = state + 3 * K * n_steps * _F32  # final state + loss/metric/reg histories
-    temp = _grad_temp(cfg, B, seq, K, _SP_COEF)
+    temp = _grad_temp(cfg, B, seq, K, _SP_COEF[_backend(backend)])
     parts = dict(args, **{"activations (saved for backward)": temp, "outputs": out})
     return MemoryEstimate("sp", sum(args.values()), out, temp, 0, parts, tuple(mesh_shape),
                           f"{K} lambdas, {n_steps} steps")  # fmt: skip

@@ -25,8 +25,15 @@ edge's effect lies within that of the threshold (tests check 8 CPU devices again
 [`initialize_distributed`][] first in every process, then build the mesh from `jax.devices()`
 (all hosts' devices). Every process runs the same program on the same task (built from the same
 seed); [`place`][] builds each global array from the process's own full copy
-(`jax.make_array_from_callback`), so no process ever needs another's data. Recipes:
-`docs/scale.md`.
+(`jax.make_array_from_callback`), so no process ever needs another's data. SP and EAP run
+multi-host (checked with two CPU processes); ACDC waits on one change to the token check of
+`Transformer.check_token_batch`, which reads the whole token array on the host (see
+`docs/scale.md`, with the recipes).
+
+**Hook used on the fast engine.** Splitting the candidate lanes (and bf16 source buffers) needs
+the engine's device side, `jacdc._acdc._Lanes`; until `acdc_sweep` takes it as an argument,
+[`sharded_acdc_sweep`][] swaps in a subclass for the duration of the call (not thread-safe: do
+not run two sharded ACDC sweeps at once in one process).
 """
 
 import contextlib
@@ -156,6 +163,9 @@ def place(x, sharding: NamedSharding) -> jax.Array:
         return jax.device_put(x, sharding)
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return jax.device_put(x, sharding)  # already global: a resharding
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = place(jax.random.key_data(x), sharding)  # the key's trailing words unsharded
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -375,6 +385,7 @@ def sharded_acdc_sweep(
     source_dtype=None,
     candidates: int | str = "auto",
     check_memory: bool = True,
+    on_estimate=None,
     **kwargs,
 ):
     """[`jacdc.acdc_sweep`][] on a device mesh: the batch split over the `"batch"` axis, the
@@ -390,6 +401,8 @@ def sharded_acdc_sweep(
     - `candidates`: lanes per device call; rounded up to a multiple of the lane-axis size.
     - `check_memory`: estimate the per-device bytes first ([`jacdc._memory.acdc_memory`][])
         and raise [`jacdc._memory.MemoryBudgetError`][] if they exceed the device's memory.
+    - `on_estimate`: called with that [`jacdc._memory.MemoryEstimate`][] before the check
+        (the CLI prints it).
 
     **Returns:** one [`jacdc.ACDCResult`][] per threshold, as `acdc_sweep`; the same circuits
     as on one device.
@@ -410,20 +423,35 @@ def sharded_acdc_sweep(
             mesh_shape=(n_batch, n_lane), source_dtype=source_dtype,
             suffix=kwargs.get("suffix", "auto"),
         )  # fmt: skip
+        if on_estimate is not None:
+            on_estimate(estimate)
         _memory.check_fits(estimate, mesh.devices.flat[0])
     if mesh.size > 1:
         model, task = shard(model, task, mesh)
+    import jacdc  # the public name, looked up per call (tests patch it)
+
     if engine != "fast" or (n_lane == 1 and source_dtype is None):
-        return _acdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
+        return jacdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
                                 **kwargs)  # fmt: skip
     with _fast_engine_lanes(_lanes_class(mesh, source_dtype)):
-        return _acdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
+        return jacdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
                                 **kwargs)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
 # SP and EAP
 # ---------------------------------------------------------------------------------------------
+
+
+def _local_sources(model, task, make):
+    """The corrupted sources computed by this process alone, from its full copy of the task.
+
+    With several processes the sharded token arrays span devices this process cannot read, and
+    the models' token checks read them on the host; so every process builds the (identical)
+    sources itself, on its first device, before they are placed on the mesh."""
+    local = jax.local_devices()[0]
+    model, task = jax.device_put((model, task), local)
+    return to_host(make(model, task))
 
 
 def sharded_sp_sweep(
@@ -468,10 +496,15 @@ def sharded_sp_sweep(
     shape = model.graph_shape
     state = _sp.init_sp_state(shape, padded)
     lam_arr = jnp.asarray(lams_p, jnp.float32)
+    corrupted = None
+    if jax.process_count() > 1:  # from this process's full copy (see `_local_sources`)
+        corrupted = _local_sources(model, task, lambda m, t: _sp.unit_ablation_sources(
+            m, t, zero_ablation))  # fmt: skip
     if mesh.size > 1:
         model, task = shard(model, task, mesh)
         state, lam_arr, keys_p = shard_lanes((state, lam_arr, keys_p), mesh)
-    corrupted = _sp.unit_ablation_sources(model, task, zero_ablation)
+    if corrupted is None:
+        corrupted = _sp.unit_ablation_sources(model, task, zero_ablation)
     if mesh.size > 1:
         corrupted = shard_sources(corrupted, mesh)
     state, (loss, value, reg) = _sp._sp_train(
@@ -506,9 +539,13 @@ def sharded_eap_scores(
         estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, steps=steps or 1,
                                       task=task, mesh_shape=mesh_shape(mesh))  # fmt: skip
         _memory.check_fits(estimate, mesh.devices.flat[0])
+    corrupted = None
+    if jax.process_count() > 1:
+        corrupted = _local_sources(model, task, lambda m, t: ablation_sources(m, t, zero_ablation))
     if mesh.size > 1:
         model, task = shard(model, task, mesh)
-    corrupted = ablation_sources(model, task, zero_ablation)
+    if corrupted is None:
+        corrupted = ablation_sources(model, task, zero_ablation)
     if mesh.size > 1:
         corrupted = shard_sources(corrupted, mesh)  # zero ablation broadcasts one sequence
     if steps is None:

@@ -216,3 +216,71 @@ def test_memory_check_stops_a_run_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(_memory, "device_memory", lambda device=None: (1000, "test"))
     with pytest.raises(_memory.MemoryBudgetError, match="Not enough memory"):
         _sharding.sharded_acdc_sweep(model, task, [1e-2], metric="kl_div", devices=1)
+
+
+# ---- two processes (multi-host through jax.distributed, on CPU) -----------------------------
+
+TWO_PROCESSES = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 4)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from jacdc import _sharding as sh
+    info = sh.initialize_distributed(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    import jax.numpy as jnp, jax.random as jr, numpy as np
+    import jacdc
+    from jacdc.models import Transformer, TransformerConfig
+    from jacdc.tasks import LogitDiffMetric, Task, kl_metric
+
+    rng = np.random.default_rng(0)  # the same data in every process
+    cfg = TransformerConfig(n_layers=1, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                            n_ctx=6)
+    with jax.default_device(jax.local_devices()[0]):
+        model = Transformer(cfg, key=jr.key(0))
+        B = 8
+        tokens = jnp.asarray(rng.integers(0, 11, (B, 5)), jnp.int32)
+        pos = jnp.array([4])
+        task = Task(clean=tokens, corrupted=tokens[::-1], corrupted_positions=None,
+                    logit_positions=pos,
+                    metrics={"kl_div": kl_metric(model, tokens, pos),
+                             "logit_diff": LogitDiffMetric(
+                                 correct=jnp.asarray(rng.integers(0, 11, B), jnp.int32),
+                                 wrong=jnp.asarray(rng.integers(0, 11, B), jnp.int32))})
+        eap_one = jacdc.eap_scores(model, task, metric="logit_diff")
+        sp_one = jacdc.sp_sweep(model, task, [0.1, 1.0, 3.0], key=jr.key(0), metric="kl_div",
+                                n_steps=5)
+    eap = sh.sharded_eap_scores(model, task, metric="logit_diff", mesh=sh.make_mesh(batch=B))
+    sp = sh.sharded_sp_sweep(model, task, [0.1, 1.0, 3.0], key=jr.key(0), metric="kl_div",
+                             n_steps=5, mesh=sh.make_mesh(batch=B, lanes=2))
+    print("RESULT " + json.dumps({
+        "devices": info["global_devices"],
+        "eap_diff": float(np.abs(eap_one - eap).max()),
+        "sp_same": all(bool(np.array_equal(a.present, b.present)) for a, b in zip(sp_one, sp)),
+        "sp_diff": max(float(np.abs(a.metric - b.metric).max()) for a, b in zip(sp_one, sp)),
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_device_results(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    script = tmp_path / "worker.py"
+    script.write_text(TWO_PROCESSES)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), f"localhost:{port}", str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        result = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
+        assert result["devices"] == 8
+        assert result["eap_diff"] < 1e-5 and result["sp_same"] and result["sp_diff"] < 1e-5
