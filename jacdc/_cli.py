@@ -501,7 +501,12 @@ def cmd_roc(args) -> int:
     report = _roc_report.roc_report(
         bundle, algorithms, zero_ablation=args.zero_ablation, metric=args.metric, out_dir=out_dir
     )
-    print(report.get("markdown", json.dumps(report, indent=1, default=str)))
+    md = report.get("files", {}).get("md")
+    if md and Path(md).exists():
+        print(Path(md).read_text())
+        print(f"wrote {', '.join(str(p) for p in report['files'].values())}")
+    else:
+        print(json.dumps(report, indent=1, default=str))
     return 0
 
 
