@@ -9,18 +9,20 @@ and 10) with other random tokens; metric: KL at the last position.
 
 Phases (each printed as it runs; the JSON is rewritten after each):
 
-0. **Compilation, ahead and in parallel.** On an H100 one stage of the fast engine's evaluator
-   takes 40-60 s to compile and there are 25 stages; EAP's gradient ~65 s; SP's training scan
-   more. Every step is compiled with `.lower(...).compile()` in a thread pool (XLA compiles
-   outside the GIL): the ACDC stages first, EAP and SP while the ACDC run keeps the accelerator
-   busy. The first real call of each then finds it compiled. Compile times are reported apart.
+0. **Compilation, ahead and in parallel.** The fast engine's evaluator is the scan-over-layers
+   forward with a traced stage: one compilation serves all 25 stages (the unrolled forward
+   needed one per stage, 40-60 s each on an H100 in the first trial). EAP's gradient took
+   ~65 s there; SP's training scan more. Every step is compiled with `.lower(...).compile()`
+   in a thread pool (XLA compiles outside the GIL): the ACDC evaluator first, EAP and SP while
+   the ACDC run keeps the accelerator busy. The first real call of each then finds it
+   compiled. Compile times are reported apart.
 1. **tau calibration.** A random GPT-2 has no known metric scale, so tau comes from a probe:
    the single-edge effect (KL increase when one edge is removed from the full model) of
    `--probe` random edges, each evaluated from its receiver's stage as the engine does; tau is
    their `1 - target/edges` quantile (target 400 edges). The edges ACDC keeps are reported.
 2. **ACDC** (fast engine, default settings: suffix recomputation, speculative candidates, lanes
-   `auto`). Edge tests per second; FLOP/s from per-stage FLOP counts ([`stage_flops`][]) x
-   lanes per call, over the run and over the calls after each stage's first.
+   `auto`, scan-over-layers). Edge tests per second; FLOP/s from per-stage FLOP counts
+   ([`stage_flops`][]) x lanes per call, over the run and over the calls after the first.
 3. **EAP** (one gradient over the batch), timed warm.
 4. **SP** (the vmapped lambda sweep, as many lambdas as the memory model says fit, at most
    `--sp-lambdas`), one timed run of `--sp-steps` steps.
@@ -97,9 +99,11 @@ def peak_flops(device_kind: str) -> dict | None:
     return None
 
 
-def stage_flops(model, task, stage: int) -> float:
+def stage_flops(model, task, stage: int, scan: bool = True) -> float:
     """FLOPs of one candidate circuit's forward from `stage` on (weights, every receiver's
-    two mixing contractions, attention, MLPs, and the unembedding at the metric positions)."""
+    two mixing contractions, attention, MLPs, and the unembedding at the metric positions).
+    `scan`: the scan-over-layers forward, whose receivers contract over all sources (those
+    not upstream have weight zero)."""
     import numpy as np
 
     cfg, shape = model.cfg, model.graph_shape
@@ -107,10 +111,10 @@ def stage_flops(model, task, stage: int) -> float:
     per_token = 0  # multiply-adds per token
     for layer in range(cfg.n_layers):
         if 2 * layer >= stage:
-            n = shape.n_src_before_layer(layer)
+            n = shape.n_src if scan else shape.n_src_before_layer(layer)
             per_token += 2 * 3 * H * n * d + 4 * H * e * d + 2 * H * task.seq * e
         if cfg.has_mlp and 2 * layer + 1 >= stage:
-            n = shape.n_src_before_mlp(layer)
+            n = shape.n_src if scan else shape.n_src_before_mlp(layer)
             per_token += 2 * n * d + 2 * m * d
     per_token += 2 * shape.n_src * d
     unembed = task.batch * int(np.asarray(task.logit_positions).size) * d * cfg.vocab_out
@@ -244,35 +248,42 @@ class _Stop(Exception):
     pass
 
 
-def acdc_stages(model) -> list[int]:
-    stages = list(range(2 * model.cfg.n_layers + 1))
-    return stages if model.cfg.has_mlp else [s for s in stages if s % 2 == 0]
+class Evaluator:
+    """The fast engine's compiled evaluator (scan-over-layers, traced stage), called as the
+    engine calls it: `evaluate(stage, vecs)` -> metric per candidate row."""
+
+    def __init__(self, model, task, corrupted, clean_sources, n_lanes: int):
+        import jax.numpy as jnp
+
+        import jacdc
+        from jacdc import _acdc
+
+        self.model, self.task, self.corrupted = model, task, corrupted
+        self.clean, self.n_lanes = clean_sources, n_lanes
+        self.stacked = _acdc._stack_blocks(model)
+        self.n_edges = len(jacdc.graph_of(model.graph_shape))
+        self._fn, self._jnp = _acdc._eval_scan, jnp
+
+    def args(self, stage: int, vecs=None):
+        jnp = self._jnp
+        if vecs is None:
+            vecs = jnp.ones((self.n_lanes, self.n_edges), jnp.float32)
+        return (self.model, self.task, self.corrupted, self.clean, jnp.asarray(vecs),
+                jnp.asarray(stage, jnp.int32), "kl_div", self.stacked)  # fmt: skip
+
+    def __call__(self, stage: int, vecs):
+        import numpy as np
+
+        return np.asarray(self._fn(*self.args(stage, vecs)))
 
 
-def stage_args(model, task, corrupted, clean_sources, n_lanes: int, stage: int):
-    """The fast engine evaluator's arguments at `stage`, as the engine builds them."""
-    import jax.numpy as jnp
-
-    import jacdc
-
-    E = len(jacdc.graph_of(model.graph_shape))
-    n = model.n_prefix(stage)
-    if stage == 0 or clean_sources is None:  # zeros of the right shape: enough to compile
-        prefix = jnp.zeros((task.batch, n, task.seq, model.cfg.d_model), jnp.float32)
-    else:
-        prefix = clean_sources[:, :n]
-    vecs = jnp.ones((n_lanes, E), jnp.float32)
-    return (model, task, corrupted, prefix, vecs, stage, "kl_div")
-
-
-def probe_tau(model, task, corrupted, clean_sources, n_lanes, n_probe, target, seed):
+def probe_tau(model, evaluate, n_lanes, n_probe, target, seed):
     """Single-edge effects of `n_probe` random edges at the full model, each evaluated from its
     receiver's stage exactly as the engine would, and the tau that `target` of all edges would
     exceed (their `1 - target / edges` quantile)."""
-    import jax.numpy as jnp
     import numpy as np
 
-    from jacdc import _acdc, acdc_nodes, graph_of
+    from jacdc import acdc_nodes, graph_of
 
     graph = graph_of(model.graph_shape)
     E = len(graph)
@@ -286,16 +297,14 @@ def probe_tau(model, task, corrupted, clean_sources, n_lanes, n_probe, target, s
     base = None
     effects, n_calls = [], 0
     for stage in sorted(set(stage_of[edges].tolist()), reverse=True):
-        args = stage_args(model, task, corrupted, clean_sources, n_lanes, stage)
         if base is None:
-            base = float(np.asarray(_acdc._eval_candidates(*args[:4], jnp.asarray(full),
-                                                           *args[5:]))[0])  # fmt: skip
+            base = float(evaluate(stage, full)[0])
         group = edges[stage_of[edges] == stage]
         for i in range(0, len(group), n_lanes):
             chunk = group[i : i + n_lanes]
             vecs = full.copy()
             vecs[np.arange(len(chunk)), chunk] = 0.0
-            out = np.asarray(_acdc._eval_candidates(*args[:4], jnp.asarray(vecs), *args[5:]))
+            out = evaluate(stage, vecs)
             effects.extend((out[: len(chunk)] - base).tolist())
             n_calls += 1
     effects = np.array(effects)
@@ -312,16 +321,8 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
     import numpy as np
 
     import jacdc
-    from jacdc import _acdc, _sharding
 
-    calls = []  # (stage, seconds, n_used)
-
-    class Timed(_acdc._Lanes):
-        def evaluate(self, stage, vecs, n_used):
-            t = time.perf_counter()
-            out = super().evaluate(stage, vecs, n_used)  # returns NumPy: synchronised
-            calls.append((stage, time.perf_counter() - t, n_used))
-            return out
+    calls = []  # (stage, seconds, n_used), from the engine's `on_call` hook
 
     state = {"tested": 0, "removed": 0, "last": time.perf_counter()}
 
@@ -337,22 +338,21 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
 
     t = time.perf_counter()
     result, truncated = None, False
-    with _sharding._fast_engine_lanes(Timed):
-        try:
-            (result,) = jacdc.acdc_sweep(model, task, [tau], metric="kl_div",
-                                         candidates=n_lanes, progress=progress)  # fmt: skip
-        except _Stop:
-            truncated = True
+    try:
+        (result,) = jacdc.acdc_sweep(model, task, [tau], metric="kl_div", candidates=n_lanes,
+                                     progress=progress,
+                                     on_call=lambda *c: calls.append(c))  # fmt: skip
+    except _Stop:
+        truncated = True
     wall = time.perf_counter() - t
-    seen, first, steady = set(), 0.0, []
+    first, steady = 0.0, []
     flops_total = 0.0
-    for stage, sec, _ in calls:
+    for i, (stage, sec, _) in enumerate(calls):
         flops_total += n_lanes * stage_flops(model, task, stage)
-        if stage in seen:
-            steady.append((stage, sec))
+        if i == 0:  # the run's first call (the clean sources, the stacked weights)
+            first = sec
         else:
-            seen.add(stage)
-            first += sec
+            steady.append((stage, sec))
     steady_s = sum(s for _, s in steady)
     steady_flops = sum(n_lanes * stage_flops(model, task, st) for st, _ in steady)
     n_tests = result.n_tests if result is not None else state["tested"]
@@ -367,10 +367,10 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
         "candidate_evaluations": int(sum(n for _, _, n in calls)),
         "lanes_per_call": n_lanes,
         "wall_s": wall,
-        "first_call_per_stage_s": first,
-        "stages_compiled": len(seen),
+        "first_call_s": first,
+        "stages_visited": len({st for st, _, _ in calls}),
         "edges_per_s": n_tests / wall,
-        "edges_per_s_excluding_first_calls": n_tests / max(wall - first, 1e-9),
+        "edges_per_s_excluding_first_call": n_tests / max(wall - first, 1e-9),
         "flops_executed": flops_total,
         "achieved_flops_per_s": flops_total / wall,
         "steady_calls_s": steady_s,
@@ -516,43 +516,28 @@ def main(argv=None) -> int:
     )  # fmt: skip
 
     # ---- compile everything ahead (XLA compiles outside the GIL) ----
-    # The ACDC stages first (the ACDC run needs them); EAP and SP compile on the CPU while the
+    # The ACDC evaluator first (the ACDC run needs it); EAP and SP compile on the CPU while the
     # ACDC run keeps the accelerator busy.
     workers = args.workers or min(12, os.cpu_count() or 1)
-    stages = acdc_stages(model)
     pool = ThreadPoolExecutor(max_workers=workers)
     t_compile = time.perf_counter()
-
-    def clean_prefix():
-        out = _acdc._clean_prefix_sources(model, task.clean)
-        return jax.block_until_ready(out)
-
-    clean_job = pool.submit(clean_prefix)
-
-    def compile_stage(st):  # the zero prefix is allocated in the thread, freed after
-        return compile_step(_acdc._eval_candidates,
-                            *stage_args(model, task, corrupted, None, n_lanes, st))  # fmt: skip
-
-    stage_jobs = {st: pool.submit(compile_stage, st) for st in stages}
     eap_job = pool.submit(compile_step, _eap._mask_grads, model, task, corrupted,
                           jnp.ones((1,), jnp.float32), "kl_div")  # fmt: skip
     sp_job = pool.submit(compile_step, _sp._sp_train, *sp_args)
-    log(f"compiling {len(stages)} ACDC stages, EAP and SP on {workers} threads ...")
-    stage_info = {st: job.result() for st, job in stage_jobs.items()}
-    clean_sources = clean_job.result()
+    clean_sources = jax.block_until_ready(_acdc._clean_prefix_sources(model, task.clean))
+    evaluate = Evaluator(model, task, corrupted, clean_sources, n_lanes)
+    log(f"compiling the ACDC evaluator (every stage), EAP and SP on {workers} threads ...")
+    acdc_info = compile_step(_acdc._eval_scan, *evaluate.args(0))
     compile_wall = time.perf_counter() - t_compile
-    worst = acdc_est.stage or 0
     doc["acdc"] = {
-        "memory": compare(acdc_est, stage_info[worst]),
-        "compile": {"stages": len(stages), "workers": workers, "wall_s": compile_wall,
-                    "sum_s": sum(i["compile_s"] for i in stage_info.values()),
-                    "max_s": max(i["compile_s"] for i in stage_info.values()),
-                    "errors": [i["error"] for i in stage_info.values() if "error" in i]},
+        "memory": compare(acdc_est, acdc_info),
+        "compile": {"functions": 1, "layers": "scan", "wall_s": compile_wall,
+                    "compile_s": acdc_info.get("compile_s"),
+                    "errors": [acdc_info["error"]] if "error" in acdc_info else []},
     }  # fmt: skip
     log(
-        f"  ACDC stages compiled in {compile_wall:.1f} s (sum {doc['acdc']['compile']['sum_s']:.0f}"
-        f" s); step at stage {worst}: predicted {acdc_est.step / 2**30:.2f} GiB, XLA "
-        f"{stage_info[worst].get('total', 0) / 2**30:.2f} GiB"
+        f"  ACDC evaluator compiled in {acdc_info.get('compile_s', 0):.1f} s; step: predicted "
+        f"{acdc_est.step / 2**30:.2f} GiB, XLA {acdc_info.get('total', 0) / 2**30:.2f} GiB"
     )
     write()
 
@@ -560,14 +545,13 @@ def main(argv=None) -> int:
     target = args.target_edges or (max(4, doc["workload"]["edges"] // 10) if small else 400)
     doc["acdc"]["target_edges"] = target
     if args.tau is None:
-        tau, probe = probe_tau(model, task, corrupted, clean_sources, n_lanes, n_probe, target,
-                               args.seed)  # fmt: skip
+        tau, probe = probe_tau(model, evaluate, n_lanes, n_probe, target, args.seed)
         doc["acdc"]["calibration"] = probe
         log(f"tau = {tau:.3g} from {probe['n_probe']} single-edge effects "
             f"({probe['probe_s']:.1f} s)")  # fmt: skip
     else:
         tau = args.tau
-    del clean_sources
+    del clean_sources, evaluate
     write()
     reserve = 20.0 if small else 100.0  # EAP and SP runs after ACDC
     acdc_deadline = clock.elapsed + max(clock.left - reserve, 10.0)

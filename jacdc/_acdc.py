@@ -21,8 +21,9 @@ skipped, which is how a dead head loses its q/k/v edges.
   because ACDC has not touched any earlier receiver yet; so the forward starts at that receiver's
   stage from cached clean activations); speculative chains (candidate `j` = the current circuit
   with the next `j` edges all removed; all candidates are one vmapped call; the longest prefix
-  that passes is accepted and the first failure is kept); one compilation per stage (the prefix
-  has a different shape per stage, so this is one compilation per input shape); sweeps as one
+  that passes is accepted and the first failure is kept); a scan-over-layers forward whose
+  stage is a traced integer, so one compilation serves every stage (`layers="unrolled"`: one
+  compilation per stage, the reference path); sweeps as one
   lock-step batch of independent ACDC states sharing every call; and unembedding only the
   positions the metric reads.
 """
@@ -32,7 +33,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -41,6 +42,7 @@ import numpy as np
 
 from ._graph import QKV, Graph, GraphShape, graph_of
 from ._patching import ablation_sources, metric_of_mask
+from .models import stack_blocks
 
 
 # Traces of the fast engine's compiled evaluator, by stage (a Python side effect runs only while
@@ -422,7 +424,8 @@ def _record(graph, i, node, before, after, delta, removed, skipped) -> dict:
 @eqx.filter_jit
 def _eval_candidates(model, task, corrupted, prefix, vecs, stage: int, metric: str):
     """Metric of each candidate circuit (rows of `vecs`, per-edge 0/1 values), running the
-    forward from `stage` on with the cached clean `prefix`."""
+    unrolled forward from the static `stage` on with the cached clean `prefix` (at least the
+    sources before `stage`). One compilation per stage: the reference path of `_eval_scan`."""
     TRACE_COUNTS[(stage, vecs.shape)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
@@ -435,6 +438,41 @@ def _eval_candidates(model, task, corrupted, prefix, vecs, stage: int, metric: s
         return task.metrics[metric](logits)
 
     return jax.vmap(one)(masks)
+
+
+@eqx.filter_jit
+def _eval_scan(model, task, corrupted, clean, vecs, stage, metric: str, stacked):
+    """`_eval_candidates` through the scan-over-layers forward: `stage` is a traced int32 and
+    `clean` the clean run's whole source buffer, so one compilation serves every stage. With
+    `clean=None` every call is a whole forward from the embeddings (no suffix recomputation)."""
+    TRACE_COUNTS[("scan", vecs.shape, clean is None)] += 1
+    graph = graph_of(model.graph_shape)
+    masks = graph.from_vector(vecs)
+
+    def one(mask):
+        if clean is None:
+
+            def example(tokens, corr):
+                logits, _ = model._forward_scan(
+                    tokens, mask, corr, None, None, None, task.logit_positions, stacked
+                )
+                return logits
+
+            logits = jax.vmap(example)(task.clean, corrupted)
+        else:
+
+            def example(tokens, corr, buf):
+                return model.run_from_scan(
+                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked
+                )
+
+            logits = jax.vmap(example)(task.clean, corrupted, clean)
+        return task.metrics[metric](logits)
+
+    return jax.vmap(one)(masks)
+
+
+_stack_blocks = eqx.filter_jit(stack_blocks)
 
 
 @eqx.filter_jit
@@ -476,40 +514,87 @@ def auto_candidates(model, task, n_states: int) -> int:
 
 
 class _Lanes:
-    """The fast engine's device side: cached prefixes per stage and the compiled evaluator."""
+    """The fast engine's device side: the cached clean sources and the compiled evaluator.
 
-    def __init__(self, model, task, corrupted, metric, n_lanes):
+    - `layers`: `"scan"` (one compilation for every stage) or `"unrolled"` (one per stage; the
+        reference path).
+    - `mesh`: a device mesh ([`jacdc._sharding.make_mesh`][]); candidates are split over its
+        `"lane"` axis (the task and model are expected to be placed on it already).
+    - `source_dtype`: store the corrupted sources and the cached clean sources in this dtype
+        (e.g. bf16 on accelerators; see [`jacdc._sharding.sources_to_dtype`][]).
+    """
+
+    def __init__(
+        self, model, task, corrupted, metric, n_lanes, *, layers="scan", suffix=True,
+        mesh=None, source_dtype=None, on_call=None,
+    ):  # fmt: skip
+        from ._sharding import LANE, mesh_shape, sources_to_dtype
+
+        if layers not in ("scan", "unrolled"):
+            raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
+        if source_dtype is not None:
+            corrupted = sources_to_dtype(corrupted, source_dtype)
         self.model, self.task, self.corrupted, self.metric = model, task, corrupted, metric
-        self.n_lanes = n_lanes
+        self.n_lanes, self.layers, self.suffix = n_lanes, layers, suffix
+        self.source_dtype = source_dtype
+        self.on_call = on_call
         self._clean = None
-        self._prefix: dict[int, Any] = {}
+        self._stacked = _stack_blocks(model) if layers == "scan" else None
+        self._lane_sharding = None
+        if mesh is not None and mesh_shape(mesh)[1] > 1:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            self._lane_sharding = NamedSharding(mesh, PartitionSpec(LANE, None))
         self.n_calls = 0
         self.n_evals = 0
 
-    def prefix(self, stage: int):
-        if stage == 0:  # nothing precedes the embeddings: no clean run needed
-            task, d = self.task, self.model.cfg.d_model
-            return jnp.zeros((task.batch, 0, task.seq, d), jnp.float32)
-        if stage not in self._prefix:
-            if self._clean is None:
-                self._clean = _clean_prefix_sources(self.model, self.task.clean)
-            n = self.model.n_prefix(stage)
-            self._prefix = {stage: self._clean[:, :n]}  # keep one stage at a time (memory)
-        return self._prefix[stage]
+    def clean(self):
+        """The clean run's sources `(batch, src, seq, d_model)`, computed on first use."""
+        if self._clean is None:
+            from ._sharding import sources_to_dtype
+
+            clean = _clean_prefix_sources(self.model, self.task.clean)
+            if self.source_dtype is not None:
+                clean = sources_to_dtype(clean, self.source_dtype)
+            self._clean = clean
+        return self._clean
+
+    def _vecs(self, vecs: np.ndarray):
+        vecs = np.asarray(vecs, np.float32)
+        if self._lane_sharding is None:
+            return jnp.asarray(vecs)
+        from ._sharding import place
+
+        return place(vecs, self._lane_sharding)
 
     def evaluate(self, stage: int, vecs: np.ndarray, n_used: int) -> np.ndarray:
+        from ._sharding import to_host
+
+        start = time.perf_counter()
         self.n_calls += 1
         self.n_evals += n_used
-        out = _eval_candidates(
-            self.model,
-            self.task,
-            self.corrupted,
-            self.prefix(stage),
-            jnp.asarray(vecs),
-            stage,
-            self.metric,
-        )
-        return np.asarray(out, np.float64)
+        model, task = self.model, self.task
+        if not self.suffix:
+            stage = 0
+        if self.layers == "scan":
+            clean = self.clean() if self.suffix else None
+            out = _eval_scan(
+                model, task, self.corrupted, clean, self._vecs(vecs),
+                jnp.asarray(stage, jnp.int32), self.metric, self._stacked,
+            )  # fmt: skip
+        else:
+            if stage == 0:  # nothing precedes the embeddings: no clean run needed
+                d = model.cfg.d_model
+                prefix = jnp.zeros((task.batch, 0, task.seq, d), jnp.float32)
+            else:
+                prefix = self.clean()
+            out = _eval_candidates(
+                model, task, self.corrupted, prefix, self._vecs(vecs), stage, self.metric
+            )
+        values = np.asarray(to_host(out), np.float64)  # waits for the device
+        if self.on_call is not None:
+            self.on_call(stage, time.perf_counter() - start, n_used)
+        return values
 
 
 def _fast_sweep(
@@ -528,18 +613,23 @@ def _fast_sweep(
     stop_after_nodes: int | None = None,
     suffix: bool = True,
     max_tests: int | None = None,
+    layers: str = "scan",
+    mesh=None,
+    source_dtype=None,
+    on_call=None,
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
     start = time.perf_counter()
     S = len(thresholds)
-    lanes = _Lanes(model, task, corrupted, metric, n_lanes)
+    lanes = _Lanes(
+        model, task, corrupted, metric, n_lanes, layers=layers, suffix=suffix, mesh=mesh,
+        source_dtype=source_dtype, on_call=on_call,
+    )  # fmt: skip
     circuits = [_Circuit(shape, graph) for _ in range(S)]
     # The full model's metric, through the same compiled evaluator the run uses.
     initial = float(
-        lanes.evaluate(
-            2 * shape.n_layers if suffix else 0, np.ones((n_lanes, len(graph)), np.float32), 1
-        )[0]
+        lanes.evaluate(2 * shape.n_layers, np.ones((n_lanes, len(graph)), np.float32), 1)[0]
     )
     lanes.n_calls, lanes.n_evals = 0, 0
     _check_finite(initial, "for the full model (no edge removed)")
@@ -601,7 +691,7 @@ def _fast_sweep(
                 plan.append((members, lane, k))
                 lane += k
             vecs[lane:] = vecs[0] if lane > 0 else 1.0
-            values = lanes.evaluate(node.stage if suffix else 0, vecs, lane)
+            values = lanes.evaluate(node.stage, vecs, lane)
             for members, offset, k in plan:
                 for s in members:
                     for j in range(k):
@@ -693,6 +783,10 @@ def acdc_sweep(
     resume: dict | None = None,
     stop_after_nodes: int | None = None,
     max_tests: int | None = None,
+    layers: Literal["scan", "unrolled"] = "scan",
+    mesh=None,
+    source_dtype=None,
+    on_call: Callable[[int, float, int], None] | None = None,
 ) -> list[ACDCResult]:
     """ACDC at several thresholds. The fast engine runs them as one lock-step batch sharing
     every device call; the reference engine runs them one after another.
@@ -707,9 +801,18 @@ def acdc_sweep(
     - `abs_value`: compare `|new - current|` with the threshold.
     - `engine`: `"fast"` or `"reference"`.
     - `candidates`: device lanes per call for the fast engine (`"auto"` by backend and size).
-    - `suffix`: fast engine: restart the forward at the tested receiver's stage (one compiled
-      function per stage). `"auto"` turns it off for models so small that compiling one
-      function per stage costs more than it saves (tracr); the decisions are the same.
+    - `suffix`: fast engine: restart the forward at the tested receiver's stage from the cached
+      clean sources. `"auto"`: on with `layers="scan"`; with `"unrolled"` (one compiled
+      function per stage) off for models so small that compiling costs more than it saves.
+      The decisions are the same either way.
+    - `layers`: fast engine: `"scan"` (default; the forward as one layer body under
+      `lax.scan`, so one compilation serves every stage) or `"unrolled"` (a Python loop over
+      layers, one compilation per stage; the reference path).
+    - `mesh`: fast engine: split the candidates over this mesh's `"lane"` axis (see
+      [`jacdc._sharding.sharded_acdc_sweep`][], which also places the batch).
+    - `source_dtype`: fast engine: store source buffers in this dtype (bf16 on accelerators).
+    - `on_call`: fast engine: called after every device call as
+      `on_call(stage, seconds, candidates_used)` (for profiling; the benchmarks use it).
     - `progress`: called as `progress(tested, removed, current_metric)`.
     - `checkpoint`: called with a JSON-serialisable state after every node (fast engine);
       pass it back as `resume` to continue a killed run.
@@ -744,7 +847,7 @@ def acdc_sweep(
     if not isinstance(n_lanes, int) or n_lanes < 1:
         raise ValueError(f"candidates must be a positive int or 'auto', got {candidates!r}.")
     if suffix == "auto":
-        suffix = forward_flops(model, task) > 5e7
+        suffix = layers == "scan" or forward_flops(model, task) > 5e7
     return _fast_sweep(
         model,
         task,
@@ -760,6 +863,10 @@ def acdc_sweep(
         stop_after_nodes=stop_after_nodes,
         suffix=bool(suffix),
         max_tests=max_tests,
+        layers=layers,
+        mesh=mesh,
+        source_dtype=source_dtype,
+        on_call=on_call,
     )
 
 

@@ -74,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
             "--devices",
             type=int,
             default=None,
-            help="ACDC: devices to shard over (default: all that JAX sees); the batch is split "
-            "over them and the rest split the fast engine's candidates (docs/scale.md)",
+            help="ACDC, SP, EAP, EAP-IG: devices to shard over (default: all that JAX sees); "
+            "the batch is split over them and the rest split ACDC's candidates or SP's "
+            "lambdas (docs/scale.md)",
         )
 
     d = sub.add_parser("discover", help="find a circuit")
@@ -391,6 +392,7 @@ def _discover_other(args) -> int:
     import jax.random as jr
 
     import jacdc
+    from jacdc import _sharding
     from jacdc._dataset import task_from_dataset
     from jacdc._results import write_result
 
@@ -411,15 +413,20 @@ def _discover_other(args) -> int:
         "weights": args.weights,
     }
     start = time.perf_counter()
+    show = lambda e: print(f"jacdc: memory: {e}", file=sys.stderr)  # noqa: E731
     if args.algorithm == "sp":
-        run = jacdc.subnetwork_probing(
+        # = jacdc.subnetwork_probing(..., key=key) on one device; sharded on several
+        (run,) = _sharding.sharded_sp_sweep(
             bundle.model,
             task,
-            args.lam,
+            [args.lam],
             key=key,
+            lane_keys=key[None],
             metric=metric,
+            devices=args.devices,
             zero_ablation=args.zero_ablation,
             n_steps=args.steps,
+            on_estimate=show,
         )
         present = run.present
         hyper.update(lam=args.lam, steps=args.steps)
@@ -444,8 +451,15 @@ def _discover_other(args) -> int:
         present = run.circuits[n_units - keep]
         hyper.update(units_kept=keep)
     else:
-        fn = jacdc.eap_scores if args.algorithm == "eap" else jacdc.eap_ig_scores
-        scores = fn(bundle.model, task, metric=metric, zero_ablation=args.zero_ablation)
+        scores = _sharding.sharded_eap_scores(
+            bundle.model,
+            task,
+            metric=metric,
+            devices=args.devices,
+            steps=None if args.algorithm == "eap" else 5,
+            zero_ablation=args.zero_ablation,
+            on_estimate=show,
+        )
         if args.threshold is not None:
             present = jacdc.circuit_from_scores(scores, threshold=args.threshold)
             hyper.update(threshold=args.threshold)

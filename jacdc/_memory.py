@@ -15,13 +15,21 @@ bytes per float (4; 2 for bf16 source buffers).
 
 **Arguments** (exact): the weights (replicated), the task's arrays (tokens, metric data such as
 KL's clean log-probs `B P V`), the corrupted [`jacdc.models.Sources`][]
-`B (N S d + 3 L H S e) f`, and per algorithm: the fast engine's cached clean prefix
-`B n_prefix(stage) S d f` and candidate vectors `K edges`; SP's parameters and Adam state.
+`B (N S d + 3 L H S e) f`, and per algorithm: the fast engine's cached clean sources
+`B N S d f` and candidate vectors `K edges` (and, for its scan path, the block weights stacked
+over layers; jit drops arguments a step never reads, e.g. the embedding tables when the
+embeddings come from the clean sources); SP's parameters and Adam state.
 
 **Temporaries** (a sum of the buffers the masked forward materialises, each with a coefficient
 calibrated against XLA; `bsd = B S d f`):
 
-- *fast ACDC*, one call at `stage` (only receivers from `stage` on run):
+- *fast ACDC*, the default scan-over-layers evaluator (one compiled function for every stage):
+  `2.2 K bsd N + 2 K bsd 3H + 0.25 K B S m f + 2 logits + 1.35 bsd N` -- each lane's source
+  buffer (the scan's carry, with its copies), the heads' mixed q/k/v inputs, the MLP hidden
+  units, the logits, and the source buffers converted once for the contractions. The model's
+  unstacked weights stay on the device beside the stacked copy (`persistent`).
+- *fast ACDC, unrolled* (`layers="unrolled"`), one call at `stage` (only receivers from `stage`
+  on run):
   `1.5 stack + 0.75 corrupted_copies + 0.25 corrupted_mix + qkv + 2 logits`, where
   `stack = max_r bsd n_r` (times `K` if receiver `r` reads a source computed in this call),
   `corrupted_copies = bsd sum_r n_r` (XLA lays out each receiver's slice of the corrupted
@@ -35,7 +43,9 @@ calibrated against XLA; `bsd = B S d f`):
 - *SP* (the same gradient inside a `lax.scan` over steps, through the node-to-edge mask):
   `1.4 stacks + 1.2 corrupted_copies + 0.9 mixes + 10 patterns + 4 hidden + 3 K bsd max_r n_r`.
 
-**Accuracy** (XLA:CPU, jaxlib 0.10.2, the compiled total): over a grid of 30 fast-ACDC shapes
+**Accuracy** (XLA:CPU, jaxlib 0.10.2, the compiled total): the scan evaluator within 16% on
+all of 24 shapes (1-12 layers, 2-16 heads, d_model 32-128, 1-8 lanes, with and without the
+clean sources; median 4%). The unrolled evaluator, over a grid of 30 shapes
 (1-12 layers, 2-16 heads, d_model 32-128, batch 2-16, seq 4-16, 1-8 lanes, every kind of
 stage) the median error is 12% and 24 of 30 are within 25% (extremes: -35% for a 3-layer
 attention-only model with d_head * heads > d_model, +33% for 1-layer models). Gradients are
@@ -44,9 +54,11 @@ more regular: 20 EAP shapes within 15% (median 5%), 10 SP shapes within 6% (medi
 **Backends.** The coefficients above are XLA:CPU's. XLA:GPU fuses away the per-receiver copies of
 the corrupted sources that XLA:CPU keeps (and the larger stack copy), so on accelerators
 (`backend="gpu"`, also used for TPUs, uncalibrated there) the fast engine's coefficients are
-`(1, 0, 0.25, 1, 2)`, EAP's drop the copies and use `1.5 mixes`, SP's drop the copies. Set from
-GPT-2 small on an H100 (JAX 0.11.2, batch 100, 16 tokens): fast ACDC with 8 candidates
-predicted 0.97x XLA's 14.36 GB, EAP 1.02x XLA's 15.33 GB (and XLA's figures matched the device's
+`(1, 0, 0.25, 1, 2)` for the unrolled evaluator, EAP's drop the copies and use `1.5 mixes`,
+SP's drop the copies; the scan evaluator's CPU coefficients are used as they are (no GPU
+measurement yet: an over-estimate is the likely error). Set from GPT-2 small on an H100 (JAX
+0.11.2, batch 100, 16 tokens): the unrolled fast ACDC with 8 candidates predicted 0.97x XLA's
+14.36 GB, EAP 1.02x XLA's 15.33 GB (and XLA's figures matched the device's
 `peak_bytes_in_use` to 0.2%); SP's GPU coefficients are unmeasured. `benchmarks/gpu.py` records
 prediction and XLA's figure for every run. Use the estimate to size runs and to fail early,
 with the margin [`check_fits`][] leaves.
@@ -124,15 +136,24 @@ def _fmt(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def weight_bytes(cfg) -> int:
-    """Bytes of a [`jacdc.models.Transformer`][]'s float32 weights."""
+def _weight_parts(cfg) -> dict[str, int]:
+    """Bytes of the float32 weights by part: `blocks` (all layers), `embed` (token and
+    position tables), `unembed` (final LayerNorm and unembedding)."""
     d, e, H, m, L = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp or 0, cfg.n_layers
     ln = 2 * d if cfg.normalization != "none" else 0
     block = ln + 4 * H * d * e + 3 * H * e + d
     if cfg.has_mlp:
         block += ln + 2 * d * m + m + d
-    total = cfg.d_vocab * d + cfg.n_ctx * d + L * block + ln + d * cfg.vocab_out + cfg.vocab_out
-    return total * _F32
+    return {
+        "blocks": L * block * _F32,
+        "embed": (cfg.d_vocab + cfg.n_ctx) * d * _F32,
+        "unembed": (ln + d * cfg.vocab_out + cfg.vocab_out) * _F32,
+    }
+
+
+def weight_bytes(cfg) -> int:
+    """Bytes of a [`jacdc.models.Transformer`][]'s float32 weights."""
+    return sum(_weight_parts(cfg).values())
 
 
 def source_bytes(cfg, batch: int, seq: int, itemsize: int = _F32) -> int:
@@ -156,13 +177,21 @@ def _array_bytes(tree, batch: int | None = None, per_device_batch: int | None = 
     return total
 
 
-def task_bytes(cfg, batch: int, seq: int, n_pos: int = 1, task=None, n_batch: int = 1) -> int:
+def task_bytes(
+    cfg, batch: int, seq: int, n_pos: int = 1, task=None, n_batch: int = 1, *,
+    tokens: tuple[str, ...] = ("clean", "corrupted"),
+) -> int:  # fmt: skip
     """Bytes of a task's arrays per device. Exact when `task` is given; otherwise the tokens
-    and a KL metric (clean log-probs `B P V`, weights `B P`)."""
-    if task is not None:
-        return _array_bytes(task, task.batch, task.batch // n_batch)
+    and a KL metric (clean log-probs `B P V`, weights `B P`). `tokens`: which token arrays a
+    step reads (jit drops the others: the fast ACDC evaluators never read the corrupted
+    tokens, and read the clean ones only when they embed)."""
     b = batch // n_batch
-    return (2 * b * seq + n_pos + b * n_pos * cfg.vocab_out + b * n_pos) * _F32
+    dropped = sum(name not in tokens for name in ("clean", "corrupted"))
+    if task is not None:
+        return _array_bytes(task, task.batch, task.batch // n_batch) - dropped * _array_bytes(
+            task.clean, task.batch, task.batch // n_batch
+        )
+    return ((2 - dropped) * b * seq + n_pos + b * n_pos * cfg.vocab_out + b * n_pos) * _F32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +253,7 @@ def acdc_memory(
     stage: int | None = None,
     suffix: bool | str = True,
     backend: str | None = None,
+    layers: str = "scan",
 ) -> MemoryEstimate:
     """Bytes of the fast ACDC engine, per device.
 
@@ -240,6 +270,8 @@ def acdc_memory(
         no clean sources are cached; `"auto"` counts as `True`, the larger).
     - `backend`: `"cpu"` or `"gpu"` (XLA lays out memory differently); default: JAX's default
         backend. TPUs get the GPU coefficients.
+    - `layers`: the engine's forward, `"scan"` (default; one function for every stage) or
+        `"unrolled"` (one per stage; `stage` applies).
 
     **Returns:** a [`MemoryEstimate`][].
     """
@@ -249,28 +281,107 @@ def acdc_memory(
     B, K = _per_device(batch, candidates, mesh_shape)
     fs = _itemsize(source_dtype)
     n_edges = shape.n_edges()
-    fixed = {
-        "weights": weight_bytes(cfg),
-        "task": task_bytes(cfg, batch, seq, n_pos, task, mesh_shape[0]),
-        "corrupted sources": source_bytes(cfg, B, seq, fs),
-        "candidate masks": K * n_edges * _F32,
-    }
-    persistent = B * shape.n_src * seq * cfg.d_model * fs if suffix else 0
+    if layers == "scan":
+        return _acdc_scan_memory(cfg, B, K, seq, n_pos, task, batch, mesh_shape, fs, suffix,
+                                 n_edges)  # fmt: skip
+    fixed = {"candidate masks": K * n_edges * _F32}
+    buffer = B * shape.n_src * seq * cfg.d_model * fs
     stages = [0] if not suffix else (_stages(shape) if stage is None else [stage])
     best = None
     for s in stages:
-        prefix = B * _n_prefix(shape, s) * seq * cfg.d_model * fs
+        prefix = buffer if s > 0 else 0  # the engine passes the whole clean buffer
+        weights = _unrolled_weight_args(cfg, s)
+        embeds = s == 0 or cfg.positional == "shortformer"
+        reads = {
+            "task": task_bytes(cfg, batch, seq, n_pos, task, mesh_shape[0],
+                               tokens=("clean",) if embeds else ()),
+            # the corrupted q/k/v are read while some attention layer runs
+            "corrupted sources": source_bytes(cfg, B, seq, fs) if s <= 2 * (cfg.n_layers - 1)
+            else B * shape.n_src * seq * cfg.d_model * fs,
+        }  # fmt: skip
         temp = _acdc_temp(cfg, B, seq, K, n_pos, s, _ACDC_COEF[_backend(backend)])
-        step = sum(fixed.values()) + prefix + K * _F32 + temp
+        step = sum(fixed.values()) + sum(reads.values()) + weights + prefix + K * _F32 + temp
         if best is None or step > best[0]:
-            best = (step, s, prefix, temp)
-    _, s, prefix, temp = best
-    parts = dict(fixed, **{"clean prefix": prefix, "activations": temp,
-                           "cached clean sources": persistent})  # fmt: skip
+            best = (step, s, prefix, temp, weights, reads)
+    _, s, prefix, temp, weights, reads = best
+    fixed = dict(reads, **fixed)
+    # held between calls, not an argument of this stage's step: the clean sources at stage 0,
+    # the weights of the layers before the stage (jit drops arguments a step never reads)
+    persistent = (buffer - prefix if suffix else 0) + weight_bytes(cfg) - weights
+    parts = dict(fixed, **{"weights": weights, "clean sources": prefix, "activations": temp,
+                           "held between calls": persistent})  # fmt: skip
     return MemoryEstimate(
-        "acdc", sum(fixed.values()) + prefix, K * _F32, temp, persistent, parts,
+        "acdc", sum(fixed.values()) + weights + prefix, K * _F32, temp, persistent, parts,
         tuple(mesh_shape), f"{K} candidates, stage {s}", s,
     )  # fmt: skip
+
+
+def _unrolled_weight_args(cfg, stage: int) -> int:
+    """The weights the unrolled evaluator of `stage` reads (jit drops the others): all of them
+    at stage 0; later, not the embedding tables (the position table stays for shortformer
+    models, which add it to q and k), nor the LayerNorm and q/k/v/o weights of the attention
+    layers before the stage, nor the MLPs before it. Every layer's `b_o` is read (the biases
+    accumulate)."""
+    if stage == 0:
+        return weight_bytes(cfg)
+    d, e, H, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp or 0
+    ln = 2 * d if cfg.normalization != "none" else 0
+    attn = ln + 4 * H * d * e + 3 * H * e  # without b_o
+    mlp = ln + 2 * d * m + m + d if cfg.has_mlp else 0
+    w = _weight_parts(cfg)
+    skipped_attn = (stage + 1) // 2  # layers whose attention runs before `stage`
+    skipped_mlp = stage // 2
+    dropped = w["embed"] - (cfg.n_ctx * d * _F32 if cfg.positional == "shortformer" else 0)
+    dropped += (skipped_attn * attn + skipped_mlp * mlp) * _F32
+    return weight_bytes(cfg) - dropped
+
+
+def _acdc_scan_memory(cfg, B, K, seq, n_pos, task, batch, mesh_shape, fs, suffix, n_edges):
+    """The scan-over-layers evaluator: one compiled function for every stage, whose arguments
+    are the stacked block weights, the clean run's whole source buffer (with suffix
+    recomputation) and the rest; jit drops the arguments the function never reads (the token
+    and position tables when the embeddings come from the clean buffer)."""
+    shape = cfg.graph_shape
+    suffix = bool(suffix)
+    w = _weight_parts(cfg)
+    embed_read = not suffix or cfg.positional == "shortformer"
+    pos_table = cfg.n_ctx * cfg.d_model * _F32
+    embed_args = w["embed"] if not suffix else (pos_table if embed_read else 0)
+    clean = B * shape.n_src * seq * cfg.d_model * fs if suffix else 0
+    fixed = {
+        "weights": w["blocks"] + w["unembed"] + embed_args,
+        "task": task_bytes(
+            cfg, batch, seq, n_pos, task, mesh_shape[0], tokens=("clean",) if embed_read else ()
+        ),  # fmt: skip
+        "corrupted sources": source_bytes(cfg, B, seq, fs),
+        "clean sources": clean,
+        "candidate masks": K * n_edges * _F32,
+        "stage": 4,
+    }
+    bsd = B * seq * cfg.d_model * _F32
+    N, H = shape.n_src, cfg.n_heads
+    terms = (
+        K * bsd * N,  # each lane's source buffer (the scan's carry), and its copies
+        K * bsd * 3 * H,  # every head's mixed q/k/v input
+        K * B * seq * (cfg.d_mlp or 0) * _F32,  # MLP hidden units
+        K * B * n_pos * cfg.vocab_out * _F32,  # logits and log-probabilities
+        bsd * N,  # the clean / corrupted buffers converted for the contraction
+    )
+    temp = int(sum(c * t for c, t in zip(_ACDC_SCAN_COEF, terms)))
+    # Held between calls but not read by the step: the unstacked blocks of the model and the
+    # tables jit dropped.
+    persistent = w["blocks"] + w["embed"] - embed_args
+    parts = dict(fixed, **{"activations": temp, "held between calls": persistent})
+    return MemoryEstimate(
+        "acdc", sum(fixed.values()), K * _F32, temp, persistent, parts, tuple(mesh_shape),
+        f"{K} candidates, every stage (scan)", None,
+    )  # fmt: skip
+
+
+# Coefficients of the scan evaluator's terms (lane buffers, q/k/v inputs, MLP hidden, logits,
+# buffer conversions), fitted to XLA:CPU (jaxlib 0.10.2) over 24 shapes: the total within 16%
+# of XLA's on all of them. Uncalibrated on GPUs and TPUs (used as they are).
+_ACDC_SCAN_COEF = (2.2, 2.0, 0.25, 2.0, 1.35)
 
 
 # Coefficients of the fast engine's terms (stack, corrupted_copies, corrupted_mix, qkv, logits),
@@ -464,20 +575,35 @@ def xla_memory(
     steps: int = 1,
     n_lambdas: int = 1,
     n_steps: int = 10,
+    layers: str = "scan",
+    suffix: bool = True,
 ) -> dict[str, int]:
     """XLA's own figures for one compiled step on one device, from abstract inputs (nothing is
     allocated; the step is compiled for the default backend): `arguments`, `outputs`, `temp`,
     `alias` and `total = arguments + outputs + temp - alias`.
 
-    `algorithm`: `"acdc"` (the fast engine's evaluator of `candidates` circuits at `stage`),
+    `algorithm`: `"acdc"` (the fast engine's evaluator of `candidates` circuits: with
+    `layers="scan"` the one compiled function for every stage, given the clean sources when
+    `suffix`; with `"unrolled"` the function of `stage`),
     `"eap"` (the mask gradient at `steps` points) or `"sp"` (`n_steps` steps of `n_lambdas`
     lanes). `task`: a task (or its abstract shape) to use instead of tokens + a KL metric."""
     from . import _acdc, _eap, _sp
     from ._graph import graph_of
 
     model, task, sources = _abstract_inputs(cfg, batch, seq, n_pos, task)
+    if algorithm == "acdc" and layers == "scan":
+        from jacdc.models import stack_blocks
+
+        clean = _sds((batch, cfg.graph_shape.n_src, seq, cfg.d_model)) if suffix else None
+        vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
+        stacked = jax.eval_shape(stack_blocks, model)
+        return _compiled_memory(
+            lambda m, t, c, p, v, st, b: _acdc._eval_scan(m, t, c, p, v, st, metric, b),
+            model, task, sources, clean, vecs, _sds((), jnp.int32), stacked,
+        )  # fmt: skip
     if algorithm == "acdc":
-        prefix = _sds((batch, _n_prefix(cfg.graph_shape, stage), seq, cfg.d_model))
+        n = cfg.graph_shape.n_src if stage > 0 else 0  # the engine passes the whole buffer
+        prefix = _sds((batch, n, seq, cfg.d_model))
         vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
         return _compiled_memory(
             lambda m, t, c, p, v: _acdc._eval_candidates(m, t, c, p, v, stage, metric),

@@ -8,7 +8,7 @@ has two axes:
 
 - `"batch"` ([`BATCH`][]): the task's examples. Every array with a leading batch axis -- the clean
     and corrupted tokens, the per-example data of the metrics (e.g. KL's clean log-probs), the
-    corrupted [`jacdc.models.Sources`][] and the fast ACDC engine's cached clean prefixes -- is
+    corrupted [`jacdc.models.Sources`][] and the fast ACDC engine's cached clean sources -- is
     split over it. A metric's mean over the batch becomes a cross-device all-reduce.
 - `"lane"` ([`LANE`][]): independent copies of the computation. For the fast ACDC engine these
     are the candidate circuits of one device call (the states of a threshold sweep share the
@@ -25,18 +25,16 @@ edge's effect lies within that of the threshold (tests check 8 CPU devices again
 [`initialize_distributed`][] first in every process, then build the mesh from `jax.devices()`
 (all hosts' devices). Every process runs the same program on the same task (built from the same
 seed); [`place`][] builds each global array from the process's own full copy
-(`jax.make_array_from_callback`), so no process ever needs another's data. SP and EAP run
-multi-host (checked with two CPU processes); ACDC waits on one change to the token check of
-`Transformer.check_token_batch`, which reads the whole token array on the host (see
-`docs/scale.md`, with the recipes).
+(`jax.make_array_from_callback`), so no process ever needs another's data. ACDC, SP and EAP
+run multi-host (checked with two CPU processes of four devices each); token checks of arrays
+spread over hosts read only the process's own shards (`Transformer.check_token_batch`). Recipes:
+`docs/scale.md`.
 
-**Hook used on the fast engine.** Splitting the candidate lanes (and bf16 source buffers) needs
-the engine's device side, `jacdc._acdc._Lanes`; until `acdc_sweep` takes it as an argument,
-[`sharded_acdc_sweep`][] swaps in a subclass for the duration of the call (not thread-safe: do
-not run two sharded ACDC sweeps at once in one process).
+The fast engine takes the mesh (for its candidate lanes) and the source dtype as arguments of
+[`jacdc.acdc_sweep`][] (`mesh=`, `source_dtype=`); [`sharded_acdc_sweep`][] places the model and
+task on the mesh and passes them on.
 """
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -316,58 +314,6 @@ def sources_to_dtype(sources, dtype=jnp.bfloat16):
 # ---------------------------------------------------------------------------------------------
 
 
-def _lanes_class(mesh: Mesh | None, source_dtype):
-    """The fast engine's device side (`jacdc._acdc._Lanes`) with candidates split over the lane
-    axis and/or source buffers stored in `source_dtype`."""
-    from . import _acdc
-
-    n_lane = mesh_shape(mesh)[1]
-
-    class _MeshLanes(_acdc._Lanes):
-        def __init__(self, model, task, corrupted, metric, n_lanes):
-            if source_dtype is not None:
-                corrupted = sources_to_dtype(corrupted, source_dtype)
-            super().__init__(model, task, corrupted, metric, n_lanes)
-
-        def prefix(self, stage: int):
-            if stage == 0 or source_dtype is None:
-                return super().prefix(stage)
-            if stage not in self._prefix:
-                if self._clean is None:
-                    clean = _acdc._clean_prefix_sources(self.model, self.task.clean)
-                    self._clean = sources_to_dtype(clean, source_dtype)
-                self._prefix = {stage: self._clean[:, : self.model.n_prefix(stage)]}
-            return self._prefix[stage]
-
-        def evaluate(self, stage: int, vecs: np.ndarray, n_used: int) -> np.ndarray:
-            if n_lane == 1:
-                return super().evaluate(stage, vecs, n_used)
-            self.n_calls += 1
-            self.n_evals += n_used
-            spec = NamedSharding(mesh, P(LANE, None))
-            out = _acdc._eval_candidates(
-                self.model, self.task, self.corrupted, self.prefix(stage),
-                place(np.asarray(vecs, np.float32), spec), stage, self.metric,
-            )  # fmt: skip
-            return np.asarray(to_host(out), np.float64)
-
-    return _MeshLanes
-
-
-@contextlib.contextmanager
-def _fast_engine_lanes(lanes_cls):
-    # TODO(lead): replace with a `lanes` hook on `acdc_sweep` / `_fast_sweep` (see
-    # docs/scale.md); until then the fast engine's device side is swapped for one call.
-    from . import _acdc
-
-    saved = _acdc._Lanes
-    _acdc._Lanes = lanes_cls
-    try:
-        yield
-    finally:
-        _acdc._Lanes = saved
-
-
 def lane_candidates(candidates: int, mesh: Mesh | None) -> int:
     """`candidates` rounded up to a multiple of the mesh's lane-axis size."""
     n_lane = mesh_shape(mesh)[1]
@@ -430,12 +376,13 @@ def sharded_acdc_sweep(
         model, task = shard(model, task, mesh)
     import jacdc  # the public name, looked up per call (tests patch it)
 
-    if engine != "fast" or (n_lane == 1 and source_dtype is None):
+    if engine != "fast":
+        if source_dtype is not None:
+            raise ValueError("source_dtype applies to the fast engine only (engine='fast').")
         return jacdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
                                 **kwargs)  # fmt: skip
-    with _fast_engine_lanes(_lanes_class(mesh, source_dtype)):
-        return jacdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
-                                **kwargs)  # fmt: skip
+    return jacdc.acdc_sweep(model, task, thresholds, metric=metric, candidates=candidates,
+                            mesh=mesh, source_dtype=source_dtype, **kwargs)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,11 +415,15 @@ def sharded_sp_sweep(
     lr: float = 1e-3,
     deterministic: bool = False,
     check_memory: bool = True,
+    on_estimate=None,
+    lane_keys=None,
 ):
     """[`jacdc.sp_sweep`][] on a device mesh: the batch over the `"batch"` axis, the lambda
     values over the `"lane"` axis (padded with copies of the last lambda to a multiple of the
     lane-axis size; the copies are dropped). Same arguments and results as `sp_sweep` (lane `i`
-    uses `jr.split(key, len(lambdas))[i]`, so the results equal the one-device sweep)."""
+    uses `jr.split(key, len(lambdas))[i]`, so the results equal the one-device sweep).
+    `lane_keys`: one key per lambda instead (`key[None]` for one lambda reproduces
+    [`jacdc.subnetwork_probing`][]); `on_estimate`: called with the memory estimate."""
     from . import _memory, _sp
 
     lams = _sp._check_lambdas(lambdas)
@@ -487,9 +438,17 @@ def sharded_sp_sweep(
     padded = n + (-n) % n_lane
     if check_memory:
         estimate = _memory.sp_memory(model.cfg, task.batch, task.seq, n_lambdas=padded,
-                                     task=task, mesh_shape=(n_batch, n_lane))  # fmt: skip
+                                     n_steps=int(n_steps), task=task,
+                                     mesh_shape=(n_batch, n_lane))  # fmt: skip
+        if on_estimate is not None:
+            on_estimate(estimate)
         _memory.check_fits(estimate, mesh.devices.flat[0])
-    keys = jr.split(key, n)
+    if lane_keys is not None:
+        keys = jnp.asarray(lane_keys)
+        if keys.shape[0] != n:
+            raise ValueError(f"Expected {n} lane keys (one per lambda), got {keys.shape[0]}.")
+    else:
+        keys = jr.split(key, n)
     lams_p = np.concatenate([lams, np.full(padded - n, lams[-1])])
     lane_keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, axis=0)])
     keys_p = lane_keys
@@ -526,10 +485,11 @@ def sharded_eap_scores(
     steps: int | None = None,
     zero_ablation: bool = False,
     check_memory: bool = True,
+    on_estimate=None,
 ) -> np.ndarray:
     """[`jacdc.eap_scores`][] (or, with `steps`, [`jacdc.eap_ig_scores`][]) with the batch split
     over the mesh (the lane axis only replicates; use a mesh with every device on the batch
-    axis)."""
+    axis). `on_estimate`: called with the memory estimate before the check."""
     from . import _eap, _memory
     from ._patching import ablation_sources
 
@@ -538,6 +498,8 @@ def sharded_eap_scores(
     if check_memory:
         estimate = _memory.eap_memory(model.cfg, task.batch, task.seq, steps=steps or 1,
                                       task=task, mesh_shape=mesh_shape(mesh))  # fmt: skip
+        if on_estimate is not None:
+            on_estimate(estimate)
         _memory.check_fits(estimate, mesh.devices.flat[0])
     corrupted = None
     if jax.process_count() > 1:

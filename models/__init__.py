@@ -29,5 +29,6 @@ from ._transformer import (
     clean_run as clean_run,
     corrupted_sources as corrupted_sources,
     empty_sources as empty_sources,
+    stack_blocks as stack_blocks,
     zero_ablation_sources as zero_ablation_sources,
 )

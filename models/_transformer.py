@@ -20,6 +20,7 @@ unembed only the positions a metric reads.
 """
 
 import math
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -89,11 +90,17 @@ def _act(name: str, x):
 
 
 def _mix(
-    m: Float[Array, "*r n"], online: Float[Array, "n seq d"], corrupted: Float[Array, "n seq d"]
+    m: Float[Array, "*r n"],
+    online: Float[Array, "n seq d"],
+    corrupted: Float[Array, "n seq d"],
+    m_corrupted: Float[Array, "*r n"] | None = None,
 ) -> Float[Array, "*r seq d"]:
-    """sum_s m_s * online_s + (1 - m_s) * corrupted_s, exact at m = 0 and m = 1."""
+    """sum_s m_s * online_s + (1 - m_s) * corrupted_s, exact at m = 0 and m = 1.
+    `m_corrupted` replaces `1 - m` (the scan path zeroes both at sources not upstream)."""
+    if m_corrupted is None:
+        m_corrupted = 1.0 - m
     return jnp.einsum("...n,nsd->...sd", m, online) + jnp.einsum(
-        "...n,nsd->...sd", 1.0 - m, corrupted
+        "...n,nsd->...sd", m_corrupted, corrupted
     )
 
 
@@ -278,7 +285,7 @@ class Transformer(eqx.Module):
                 f"Sequence length {tokens.shape[0]} is outside [1, {cfg.n_ctx}] (n_ctx). "
                 "Shorten the prompts."
             )
-        if not isinstance(tokens, jax.core.Tracer):
+        if not isinstance(tokens, (jax.core.Tracer, jax.ShapeDtypeStruct)):
             arr = np.asarray(tokens)
             if arr.min() < 0 or arr.max() >= cfg.d_vocab:
                 raise ValueError(
@@ -287,18 +294,28 @@ class Transformer(eqx.Module):
                 )
 
     def check_token_batch(self, tokens, what: str = "tokens") -> None:
-        """Checks a `(batch, seq)` array of token ids (shape, dtype, range); `ValueError` else."""
-        arr = np.asarray(tokens)
-        if arr.ndim != 2 or arr.shape[0] == 0:
+        """Checks a `(batch, seq)` array of token ids (shape, dtype, range); `ValueError` else.
+
+        An array spread over several processes (multi-host) is checked from its metadata and
+        the shards this process holds: each process checks its own part."""
+        if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
+            shape, dtype = tuple(tokens.shape), tokens.dtype
+            parts = [np.asarray(s.data).ravel() for s in tokens.addressable_shards]
+            values = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        else:
+            arr = np.asarray(tokens)
+            shape, dtype, values = arr.shape, arr.dtype, arr
+        if len(shape) != 2 or shape[0] == 0:
             raise ValueError(
                 f"Expected {what} as a non-empty (batch, seq) array of token ids, got shape "
-                f"{arr.shape}."
+                f"{shape}."
             )
-        self.check_tokens(jnp.asarray(arr[0]))
-        if arr.min() < 0 or arr.max() >= self.cfg.d_vocab:
+        self.check_tokens(jax.ShapeDtypeStruct(shape[1:], dtype))
+        if values.size and (values.min() < 0 or values.max() >= self.cfg.d_vocab):
             raise ValueError(
                 f"{what}: token ids must lie in [0, {self.cfg.d_vocab}) (the vocabulary size), "
-                f"got min {arr.min()} and max {arr.max()}. Check the tokenizer matches the model."
+                f"got min {values.min()} and max {values.max()}. Check the tokenizer matches "
+                "the model."
             )
 
     def _check_sources(self, corrupted: Sources, seq: int) -> None:
@@ -334,6 +351,8 @@ class Transformer(eqx.Module):
         mask: EdgeMask,
         corrupted: Sources,
         positions: Int[Array, " seq"] | None = None,
+        *,
+        layers: Literal["scan", "unrolled"] = "scan",
     ) -> tuple[Float[Array, "seq d_vocab_out"], Sources]:
         """Masked forward pass of one sequence.
 
@@ -344,14 +363,19 @@ class Transformer(eqx.Module):
         - `corrupted`: [`jacdc.models.Sources`][] of the corrupted run (for this sequence).
         - `positions`: position ids, default `arange(seq)`; a permutation here gives the
             shuffled positional embedding that tracr's random ablation uses.
+        - `layers`: `"scan"` (default) runs one compiled layer body under `lax.scan`, so
+            compile time does not grow with depth; `"unrolled"` is the reference path, a Python
+            loop over the layers (the two agree to float rounding; tested).
 
         **Returns:** the logits `(seq, d_vocab_out)` and the online [`Sources`][] of this pass.
         """
         self.check_tokens(tokens)
         mask.check_shape(self.graph_shape)
         self._check_sources(corrupted, tokens.shape[0])
-        logits, sources = self._forward(tokens, mask, corrupted, positions, 0, None, None)
-        return logits, sources
+        _check_layers(layers)
+        if layers == "scan":
+            return self._forward_scan(tokens, mask, corrupted, positions, None, None, None)
+        return self._forward(tokens, mask, corrupted, positions, 0, None, None)
 
     def run_from(
         self,
@@ -364,15 +388,43 @@ class Transformer(eqx.Module):
         logit_positions: Int[Array, " p"] | None = None,
     ) -> Float[Array, "p d_vocab_out"]:
         """Runs the forward from `stage` on, given the online outputs `prefix` of the sources
-        written before it (their count is `n_prefix(stage)`). Returns the logits at
-        `logit_positions` (all positions if `None`). Used by the fast ACDC engine."""
+        written before it (at least `n_prefix(stage)` of them, in source order; later ones are
+        ignored). Returns the logits at `logit_positions` (all positions if `None`). The
+        reference (unrolled) path of [`run_from_scan`][]: one compiled function per stage."""
         want = self.n_prefix(stage)
-        if prefix.shape[0] != want:
+        if prefix.shape[0] < want:
             raise ValueError(
                 f"Stage {stage} needs the outputs of {want} sources, got {prefix.shape[0]}."
             )
         logits, _ = self._forward(
-            tokens, mask, corrupted, positions, stage, prefix, logit_positions
+            tokens, mask, corrupted, positions, stage, prefix[:want], logit_positions
+        )
+        return logits
+
+    def run_from_scan(
+        self,
+        stage: Int[Array, ""] | int,
+        tokens: Int[Array, " seq"],
+        mask: EdgeMask,
+        corrupted: Sources,
+        clean: Float[Array, "src seq d_model"],
+        positions: Int[Array, " seq"] | None = None,
+        logit_positions: Int[Array, " p"] | None = None,
+        stacked: Block | None = None,
+    ) -> Float[Array, "p d_vocab_out"]:
+        """[`run_from`][] with the stage a *traced* integer: one compiled function serves
+        every stage. `clean` holds the online outputs of **all** sources (the clean run's);
+        those written before `stage` are read, the others are recomputed. Layers before the
+        stage are skipped with `lax.cond`, so the work is that of the suffix."""
+        shape = self.graph_shape
+        if clean.shape[0] != shape.n_src:
+            raise ValueError(
+                f"`clean` must hold the outputs of all {shape.n_src} sources, got "
+                f"{clean.shape[0]}. Pass the clean run's `Sources.resid`."
+            )
+        stage = jnp.asarray(stage, jnp.int32)
+        logits, _ = self._forward_scan(
+            tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked
         )
         return logits
 
@@ -448,6 +500,147 @@ class Transformer(eqx.Module):
             return logits, None
         sources = Sources(resid=stacked, q=jnp.stack(qs), k=jnp.stack(ks), v=jnp.stack(vs))
         return logits, sources
+
+    def _forward_scan(
+        self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None
+    ):
+        """The forward as one layer body under `lax.scan` (see `_forward` for the maths).
+
+        The online outputs live in one buffer of all `n_src` sources; a receiver reads every
+        source with its mask row zeroed (`jnp.where`, so also zero gradient) at the sources
+        that are not upstream of it. `stage=None`: the whole forward from the embeddings;
+        otherwise a traced stage, with `clean` the buffer whose sources before it are read."""
+        cfg, shape = self.cfg, self.graph_shape
+        seq = tokens.shape[0]
+        H, E, P = cfg.n_heads, shape.n_embed, shape.per_layer
+        if positions is None:
+            positions = jnp.arange(seq)
+        if clean is None:
+            emb = jnp.stack(self.embed(tokens, positions))
+            rest = jnp.zeros((shape.n_src - E, seq, cfg.d_model), emb.dtype)
+            online = jnp.concatenate([emb, rest]).astype(jnp.float32)
+        else:
+            online = clean.astype(jnp.float32)
+        blocks = stack_blocks(self) if stacked is None else stacked
+        # Biases before each layer's attention, accumulated in the unrolled path's order.
+        bias, before = jnp.zeros((cfg.d_model,), jnp.float32), []
+        for blk in self.blocks:
+            before.append(bias)
+            bias = bias + blk.b_o
+        final_bias = bias
+        src = jnp.arange(shape.n_src)
+        pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+        causal = jnp.tril(jnp.ones((seq, seq), bool))
+        zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
+
+        def attention(online, xs):
+            blk, layer, bias, m_qkv, direct, c_q, c_k, c_v = xs
+            n = E + layer * P
+            valid = src < n
+            x = (
+                _mix(
+                    jnp.where(valid, m_qkv, 0.0),
+                    online,
+                    corrupted.resid,
+                    jnp.where(valid, 1.0 - m_qkv, 0.0),
+                )
+                + bias
+            )
+            if blk.ln1 is not None:
+                x = blk.ln1(x)
+            x_q, x_k, x_v = x[0], x[1], x[2]
+            if pos_qk is not None:
+                x_q, x_k = x_q + pos_qk, x_k + pos_qk
+            q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
+            k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
+            v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
+            q = _lerp(direct[:, 0], q, c_q)
+            k = _lerp(direct[:, 1], k, c_k)
+            v = _lerp(direct[:, 2], v, c_v)
+            scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
+            if cfg.causal:
+                scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+            pattern = jax.nn.softmax(scores, axis=-1)
+            z = jnp.einsum("hst,hte->hse", pattern, v)
+            result = jnp.einsum("hse,hed->hsd", z, blk.w_o)
+            online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
+            return online, (q, k, v)
+
+        def mlp(online, xs):
+            blk, layer, bias, m_mlp = xs
+            n = E + layer * P + H
+            valid = src < n
+            x = (
+                _mix(
+                    jnp.where(valid, m_mlp, 0.0),
+                    online,
+                    corrupted.resid,
+                    jnp.where(valid, 1.0 - m_mlp, 0.0),
+                )
+                + bias
+            )
+            if blk.ln2 is not None:
+                x = blk.ln2(x)
+            hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
+            out = (hidden @ blk.w_out + blk.b_out)[None]
+            return jax.lax.dynamic_update_slice_in_dim(online, out, n, axis=0)
+
+        def layer_body(online, xs):
+            blk, layer, bias = xs["blk"], xs["layer"], xs["bias"]
+            m_qkv = jnp.stack([xs["q"], xs["k"], xs["v"]])
+            a_xs = (blk, layer, bias, m_qkv, xs["direct"], xs["cq"], xs["ck"], xs["cv"])
+            if stage is None:
+                online, qkv = attention(online, a_xs)
+            else:
+                online, qkv = jax.lax.cond(
+                    2 * layer >= stage,
+                    attention,
+                    lambda o, _: (o, (zero_qkv, zero_qkv, zero_qkv)),
+                    online,
+                    a_xs,
+                )
+            if cfg.has_mlp:
+                m_xs = (blk, layer, bias + blk.b_o, xs["mlp"])
+                if stage is None:
+                    online = mlp(online, m_xs)
+                else:
+                    online = jax.lax.cond(2 * layer + 1 >= stage, mlp, lambda o, _: o, online, m_xs)
+            return online, qkv
+
+        xs = {
+            "blk": blocks,
+            "layer": jnp.arange(cfg.n_layers),
+            "bias": jnp.stack(before),
+            "q": mask.q,
+            "k": mask.k,
+            "v": mask.v,
+            "direct": mask.direct,
+            "cq": corrupted.q,
+            "ck": corrupted.k,
+            "cv": corrupted.v,
+        }
+        if cfg.has_mlp:
+            xs["mlp"] = mask.mlp
+        online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
+        x = _mix(mask.out, online, corrupted.resid) + final_bias
+        if logit_positions is not None:
+            x = x[logit_positions]
+        if self.ln_final is not None:
+            x = self.ln_final(x)
+        logits = x @ self.w_u + self.b_u
+        if stage is not None:
+            return logits, None
+        return logits, Sources(resid=online, q=qs, k=ks, v=vs)
+
+
+def stack_blocks(model: Transformer) -> Block:
+    """The blocks' weights stacked over layers (leading axis `layer`), as the scan reads them."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *model.blocks)
+
+
+def _check_layers(layers) -> None:
+    if layers not in ("scan", "unrolled"):
+        raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
 
 
 def _lerp(m: Float[Array, " head"], online, corrupted):

@@ -65,9 +65,20 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
         model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
     )
     sizes = set()
-    for suffix in (True, False):
+    for layers, suffix in [
+        ("scan", True),
+        ("scan", False),
+        ("unrolled", True),
+        ("unrolled", False),
+    ]:
         fast = jacdc.acdc_sweep(
-            model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, suffix=suffix
+            model,
+            task,
+            THRESHOLDS,
+            metric="kl_div",
+            zero_ablation=zero_ablation,
+            suffix=suffix,
+            layers=layers,
         )
         for r, f in zip(ref, fast):
             assert r.decisions == f.decisions
@@ -167,18 +178,32 @@ def test_full_circuit_has_zero_kl(arch, zero_ablation):
     assert float(jacdc.metric_of_mask(model, task, empty, corrupted, "kl_div")) > 1e-4
 
 
-def test_one_compilation_per_input_shape():
+@pytest.mark.parametrize("layers", ["scan", "unrolled"])
+def test_one_compilation_per_input_shape(layers):
     model, task = make_task(CONFIGS["gpt2-like"], key=6)
     _acdc.TRACE_COUNTS.clear()
-    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=8, suffix=True)
+    run = jacdc.acdc_sweep(
+        model, task, [1e-3, 1e-2], metric="kl_div", candidates=8, suffix=True, layers=layers
+    )
+    assert run[0].n_calls > 10
     first = dict(_acdc.TRACE_COUNTS)
     assert first and all(count == 1 for count in first.values())
-    stages = {stage for stage, _ in first}
-    assert stages <= set(range(2 * model.cfg.n_layers + 1))
+    if layers == "scan":  # the stage is traced: one compilation for the whole run
+        assert list(first) == [("scan", (8, len(jacdc.graph_of(model.graph_shape))), False)]
+    else:  # one per stage the run visited
+        stages = {stage for stage, _ in first}
+        assert len(stages) > 1 and stages <= set(range(2 * model.cfg.n_layers + 1))
     # Other thresholds, the other ablation, new token values: nothing is traced again.
     other = eqx.tree_at(lambda t: t.corrupted, task, task.corrupted[::-1])
     jacdc.acdc_sweep(
-        model, other, [5e-3, 2e-2], metric="kl_div", zero_ablation=True, candidates=8, suffix=True
+        model,
+        other,
+        [5e-3, 2e-2],
+        metric="kl_div",
+        zero_ablation=True,
+        candidates=8,
+        suffix=True,
+        layers=layers,
     )
     assert dict(_acdc.TRACE_COUNTS) == first
 

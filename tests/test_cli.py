@@ -185,3 +185,38 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
     (tmp_path / "checkpoint.json").write_text(json.dumps({"run": {"task": "x"}, "state": {}}))
     code, _, err = run(argv, capsys)
     assert "--fresh" in _one_line_error(code, err)
+
+
+def test_discover_sp_and_eap_equal_the_library_calls(tmp_path, capsys):
+    """`discover --algorithm sp|eap` go through the sharded entry points (for `--devices`); on
+    one device they give exactly the library's single-device results, and print the memory
+    estimate first."""
+    import jax.random as jr
+
+    bundle = tasks.load_task("tracr-proportion")
+    metric = bundle.default_metric
+    code, out, err = run(
+        ["discover", "tracr-proportion", "--algorithm", "sp", "--lambda", "0.1", "--steps", "30",
+         "--out", str(tmp_path / "sp"), "--devices", "1"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert "jacdc: memory: sp: ~" in err
+    doc = _results.read_result(tmp_path / "sp" / "result.json")
+    sp = jacdc.subnetwork_probing(
+        bundle.model, bundle.val, 0.1, key=jr.key(0), metric=metric, n_steps=30
+    )
+    np.testing.assert_array_equal([e["present"] for e in doc["edges"]], sp.present)
+
+    code, out, err = run(
+        ["discover", "tracr-proportion", "--algorithm", "eap", "--top-k", "5",
+         "--out", str(tmp_path / "eap")],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert "jacdc: memory: eap: ~" in err
+    doc = _results.read_result(tmp_path / "eap" / "result.json")
+    scores = np.array([e["score"] for e in doc["edges"]], np.float64)
+    expect = jacdc.eap_scores(bundle.model, bundle.val, metric=metric)
+    np.testing.assert_allclose(scores, expect, rtol=1e-6, atol=1e-12)
+    assert sum(e["present"] for e in doc["edges"]) == 5

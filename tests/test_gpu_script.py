@@ -25,7 +25,8 @@ def test_gpu_script_small_mode(tmp_path):
     assert acdc["edge_tests"] > 0 and acdc["edges_per_s"] > 0
     assert 0 < acdc["edges_kept"] < acdc["edges_total"]
     assert acdc["achieved_flops_per_s"] > 0 and acdc["tau"] > 0
-    assert acdc["compile"]["stages"] == 5 and not acdc["compile"]["errors"]
+    assert acdc["compile"]["functions"] == 1 and not acdc["compile"]["errors"]
+    assert acdc["stages_visited"] > 1  # one compiled evaluator served several stages
     for name in ("acdc", "eap", "sp"):
         memory = doc[name]["memory"]
         assert 0.5 < memory["predicted_over_xla"] < 2.0, (name, memory)

@@ -250,10 +250,16 @@ TWO_PROCESSES = textwrap.dedent(
         eap_one = jacdc.eap_scores(model, task, metric="logit_diff")
         sp_one = jacdc.sp_sweep(model, task, [0.1, 1.0, 3.0], key=jr.key(0), metric="kl_div",
                                 n_steps=5)
+        acdc_one = jacdc.acdc_sweep(model, task, [0.03, 0.3], metric="kl_div", candidates=4)
     eap = sh.sharded_eap_scores(model, task, metric="logit_diff", mesh=sh.make_mesh(batch=B))
     sp = sh.sharded_sp_sweep(model, task, [0.1, 1.0, 3.0], key=jr.key(0), metric="kl_div",
                              n_steps=5, mesh=sh.make_mesh(batch=B, lanes=2))
+    acdc = sh.sharded_acdc_sweep(model, task, [0.03, 0.3], metric="kl_div", candidates=4,
+                                 mesh=sh.make_mesh(batch=B, lanes=2))
     print("RESULT " + json.dumps({
+        "acdc_same": [a.decisions == b.decisions for a, b in zip(acdc_one, acdc)],
+        "acdc_diff": max(abs(a.metric - b.metric) for a, b in zip(acdc_one, acdc)),
+        "acdc_removed": [sum(r["removed"] for r in a.log) for a in acdc_one],
         "devices": info["global_devices"],
         "eap_diff": float(np.abs(eap_one - eap).max()),
         "sp_same": all(bool(np.array_equal(a.present, b.present)) for a, b in zip(sp_one, sp)),
@@ -284,3 +290,5 @@ def test_two_processes_give_the_one_device_results(tmp_path):
         result = json.loads([x for x in out.splitlines() if x.startswith("RESULT ")][-1][7:])
         assert result["devices"] == 8
         assert result["eap_diff"] < 1e-5 and result["sp_same"] and result["sp_diff"] < 1e-5
+        assert all(result["acdc_same"]) and result["acdc_diff"] < 1e-5
+        assert any(result["acdc_removed"])  # a non-trivial run
