@@ -367,7 +367,7 @@ def sharded_acdc_sweep(
         estimate = _memory.acdc_memory(
             model.cfg, task.batch, task.seq, candidates=int(candidates), task=task,
             mesh_shape=(n_batch, n_lane), source_dtype=source_dtype,
-            suffix=kwargs.get("suffix", "auto"),
+            suffix=kwargs.get("suffix", "auto"), layers=kwargs.get("layers", "scan"),
         )  # fmt: skip
         if on_estimate is not None:
             on_estimate(estimate)

@@ -459,36 +459,18 @@ class Transformer(eqx.Module):
                     [mask.q[layer, :, :n], mask.k[layer, :, :n], mask.v[layer, :, :n]]
                 )
                 x = _mix(m_qkv, stacked, corrupted.resid[:n]) + bias  # (3, head, seq, d_model)
-                if blk.ln1 is not None:
-                    x = blk.ln1(x)
-                x_q, x_k, x_v = x[0], x[1], x[2]
-                if cfg.positional == "shortformer":
-                    pos = self.w_pos[positions]
-                    x_q, x_k = x_q + pos, x_k + pos
-                q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
-                k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
-                v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
-                direct = mask.direct[layer]  # (head, 3)
-                q = _lerp(direct[:, 0], q, corrupted.q[layer])
-                k = _lerp(direct[:, 1], k, corrupted.k[layer])
-                v = _lerp(direct[:, 2], v, corrupted.v[layer])
+                pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+                c = corrupted
+                result, q, k, v = _heads(
+                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk
+                )
                 qs.append(q), ks.append(k), vs.append(v)
-                scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
-                if cfg.causal:
-                    causal = jnp.tril(jnp.ones((seq, seq), bool))
-                    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-                pattern = jax.nn.softmax(scores, axis=-1)
-                z = jnp.einsum("hst,hte->hse", pattern, v)
-                result = jnp.einsum("hse,hed->hsd", z, blk.w_o)
                 online.extend(result[h] for h in range(cfg.n_heads))
             bias = bias + blk.b_o
             if cfg.has_mlp and 2 * layer + 1 >= stage:
                 n = shape.n_src_before_mlp(layer)
                 x = _mix(mask.mlp[layer, :n], jnp.stack(online[:n]), corrupted.resid[:n]) + bias
-                if blk.ln2 is not None:
-                    x = blk.ln2(x)
-                hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
-                online.append(hidden @ blk.w_out + blk.b_out)
+                online.append(_mlp(cfg, blk, x))
         stacked = jnp.stack(online)
         x = _mix(mask.out, stacked, corrupted.resid) + bias
         if logit_positions is not None:
@@ -530,7 +512,6 @@ class Transformer(eqx.Module):
         final_bias = bias
         src = jnp.arange(shape.n_src)
         pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
-        causal = jnp.tril(jnp.ones((seq, seq), bool))
         zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
 
         def attention(online, xs):
@@ -546,23 +527,7 @@ class Transformer(eqx.Module):
                 )
                 + bias
             )
-            if blk.ln1 is not None:
-                x = blk.ln1(x)
-            x_q, x_k, x_v = x[0], x[1], x[2]
-            if pos_qk is not None:
-                x_q, x_k = x_q + pos_qk, x_k + pos_qk
-            q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
-            k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
-            v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
-            q = _lerp(direct[:, 0], q, c_q)
-            k = _lerp(direct[:, 1], k, c_k)
-            v = _lerp(direct[:, 2], v, c_v)
-            scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
-            if cfg.causal:
-                scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-            pattern = jax.nn.softmax(scores, axis=-1)
-            z = jnp.einsum("hst,hte->hse", pattern, v)
-            result = jnp.einsum("hse,hed->hsd", z, blk.w_o)
+            result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk)
             online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
             return online, (q, k, v)
 
@@ -579,10 +544,7 @@ class Transformer(eqx.Module):
                 )
                 + bias
             )
-            if blk.ln2 is not None:
-                x = blk.ln2(x)
-            hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
-            out = (hidden @ blk.w_out + blk.b_out)[None]
+            out = _mlp(cfg, blk, x)[None]
             return jax.lax.dynamic_update_slice_in_dim(online, out, n, axis=0)
 
         def layer_body(online, xs):
@@ -631,6 +593,39 @@ class Transformer(eqx.Module):
         if stage is not None:
             return logits, None
         return logits, Sources(resid=online, q=qs, k=ks, v=vs)
+
+
+def _heads(cfg, blk: Block, x, direct, c_q, c_k, c_v, pos_qk):
+    """One layer's heads from their mixed inputs `x` `(3, head, seq, d_model)` (q, k, v):
+    LayerNorm, projections, the direct edges (`direct` `(head, 3)` against the corrupted
+    `c_q, c_k, c_v`), attention. Returns each head's result `(head, seq, d_model)` and q, k, v."""
+    if blk.ln1 is not None:
+        x = blk.ln1(x)
+    x_q, x_k, x_v = x[0], x[1], x[2]
+    if pos_qk is not None:  # shortformer: positions enter q and k only, outside the graph
+        x_q, x_k = x_q + pos_qk, x_k + pos_qk
+    q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
+    k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
+    v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
+    q = _lerp(direct[:, 0], q, c_q)
+    k = _lerp(direct[:, 1], k, c_k)
+    v = _lerp(direct[:, 2], v, c_v)
+    scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
+    if cfg.causal:
+        seq = q.shape[1]
+        causal = jnp.tril(jnp.ones((seq, seq), bool))
+        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    pattern = jax.nn.softmax(scores, axis=-1)
+    z = jnp.einsum("hst,hte->hse", pattern, v)
+    return jnp.einsum("hse,hed->hsd", z, blk.w_o), q, k, v
+
+
+def _mlp(cfg, blk: Block, x):
+    """A layer's MLP output from its mixed input `x` `(seq, d_model)`."""
+    if blk.ln2 is not None:
+        x = blk.ln2(x)
+    hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
+    return hidden @ blk.w_out + blk.b_out
 
 
 def stack_blocks(model: Transformer) -> Block:
