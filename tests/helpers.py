@@ -7,3 +7,36 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=1e-5):
         atol = max(atol, 1e-3)  # TF32 matmuls on GPU
     # `tree_equal` returns Python `False` on a structure mismatch, otherwise a JAX bool scalar.
     return bool(eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol))
+
+
+# The tracr canonical circuits of the reference (§4.5), in jacdc names (placeholder edges left
+# out): written out here, independently of `jacdc.tasks`, for the ROC and HISP tests.
+REVERSE = [
+    "blocks.3.hook_resid_post <- blocks.3.attn.hook_result[0]",
+    "blocks.3.hook_q_input[0] <- blocks.2.hook_mlp_out",
+    "blocks.3.hook_k_input[0] <- hook_pos_embed",
+    "blocks.3.hook_v_input[0] <- hook_embed",
+    "blocks.2.hook_mlp_in <- blocks.1.hook_mlp_out",
+    "blocks.1.hook_mlp_in <- blocks.0.hook_mlp_out",
+    "blocks.1.hook_mlp_in <- hook_embed",
+    "blocks.1.hook_mlp_in <- hook_pos_embed",
+    "blocks.0.hook_mlp_in <- blocks.0.attn.hook_result[0]",
+    "blocks.0.hook_mlp_in <- hook_embed",
+    "blocks.0.hook_v_input[0] <- hook_embed",
+    "blocks.3.attn.hook_q[0] <- blocks.3.hook_q_input[0]",
+    "blocks.3.attn.hook_k[0] <- blocks.3.hook_k_input[0]",
+    "blocks.3.attn.hook_v[0] <- blocks.3.hook_v_input[0]",
+    "blocks.0.attn.hook_v[0] <- blocks.0.hook_v_input[0]",
+]
+PROPORTION = [
+    "blocks.1.hook_resid_post <- blocks.1.attn.hook_result[0]",
+    "blocks.1.hook_q_input[0] <- hook_embed",
+    "blocks.1.hook_q_input[0] <- hook_pos_embed",
+    "blocks.1.hook_k_input[0] <- hook_embed",
+    "blocks.1.hook_k_input[0] <- hook_pos_embed",
+    "blocks.1.hook_v_input[0] <- blocks.0.hook_mlp_out",
+    "blocks.0.hook_mlp_in <- hook_embed",
+    "blocks.1.attn.hook_q[0] <- blocks.1.hook_q_input[0]",
+    "blocks.1.attn.hook_k[0] <- blocks.1.hook_k_input[0]",
+    "blocks.1.attn.hook_v[0] <- blocks.1.hook_v_input[0]",
+]

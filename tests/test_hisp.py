@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import PROPORTION, REVERSE
 
 import jacdc
 from jacdc.models import Transformer, TransformerConfig
@@ -120,8 +121,6 @@ def test_zero_gradient_metric_keeps_unit_order(tiny):
 def test_reproduces_the_stored_tracr_hisp_points(task, layers, zero):
     # The stored tracr HISP runs have all-zero scores, so they prune in unit order. Our unit
     # order and node -> edge rules reproduce every stored point (sizes and rates) exactly.
-    from test_roc import PROPORTION, REVERSE
-
     canonical = REVERSE if task == "tracr-reverse" else PROPORTION
     shape = jacdc.GraphShape(layers, 1, True, 2)
     n = len(jacdc.unit_names(shape))

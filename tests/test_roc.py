@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PROPORTION, REVERSE
 
 import jacdc
 from jacdc._roc import rates
@@ -160,38 +161,6 @@ def test_stored_points_fit_the_universes(key):
         nodes = d["node_tpr"][i] * p_n + d["node_fpr"][i] * (n_n - p_n)
         assert edges == pytest.approx(d["n_edges"][i], abs=1e-6)
         assert nodes == pytest.approx(d["n_nodes"][i], abs=1e-6)
-
-
-# Reference §4.5, in jacdc names (placeholder edges left out).
-REVERSE = [
-    "blocks.3.hook_resid_post <- blocks.3.attn.hook_result[0]",
-    "blocks.3.hook_q_input[0] <- blocks.2.hook_mlp_out",
-    "blocks.3.hook_k_input[0] <- hook_pos_embed",
-    "blocks.3.hook_v_input[0] <- hook_embed",
-    "blocks.2.hook_mlp_in <- blocks.1.hook_mlp_out",
-    "blocks.1.hook_mlp_in <- blocks.0.hook_mlp_out",
-    "blocks.1.hook_mlp_in <- hook_embed",
-    "blocks.1.hook_mlp_in <- hook_pos_embed",
-    "blocks.0.hook_mlp_in <- blocks.0.attn.hook_result[0]",
-    "blocks.0.hook_mlp_in <- hook_embed",
-    "blocks.0.hook_v_input[0] <- hook_embed",
-    "blocks.3.attn.hook_q[0] <- blocks.3.hook_q_input[0]",
-    "blocks.3.attn.hook_k[0] <- blocks.3.hook_k_input[0]",
-    "blocks.3.attn.hook_v[0] <- blocks.3.hook_v_input[0]",
-    "blocks.0.attn.hook_v[0] <- blocks.0.hook_v_input[0]",
-]
-PROPORTION = [
-    "blocks.1.hook_resid_post <- blocks.1.attn.hook_result[0]",
-    "blocks.1.hook_q_input[0] <- hook_embed",
-    "blocks.1.hook_q_input[0] <- hook_pos_embed",
-    "blocks.1.hook_k_input[0] <- hook_embed",
-    "blocks.1.hook_k_input[0] <- hook_pos_embed",
-    "blocks.1.hook_v_input[0] <- blocks.0.hook_mlp_out",
-    "blocks.0.hook_mlp_in <- hook_embed",
-    "blocks.1.attn.hook_q[0] <- blocks.1.hook_q_input[0]",
-    "blocks.1.attn.hook_k[0] <- blocks.1.hook_k_input[0]",
-    "blocks.1.attn.hook_v[0] <- blocks.1.hook_v_input[0]",
-]
 
 
 @pytest.mark.parametrize(
