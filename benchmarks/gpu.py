@@ -23,6 +23,9 @@ Phases (each printed as it runs; the JSON is rewritten after each):
 2. **ACDC** (fast engine, default settings: suffix recomputation, speculative candidates, lanes
    `auto`, scan-over-layers). Edge tests per second; FLOP/s from per-stage FLOP counts
    ([`stage_flops`][]) x lanes per call, over the run and over the calls after the first.
+   Then (`--compare-unrolled STAGE`, default 0) the same candidates at one stage through the
+   scan evaluator and the unrolled one (compiled on the CPU during the ACDC run): warm
+   milliseconds per call of each, and their metrics' difference.
 3. **EAP** (one gradient over the batch), timed warm.
 4. **SP** (the vmapped lambda sweep, as many lambdas as the memory model says fit, at most
    `--sp-lambdas`), one timed run of `--sp-steps` steps.
@@ -411,6 +414,14 @@ def main(argv=None) -> int:
         default=None,
         help="compilation threads (default: CPU cores, at most 12)",
     )
+    p.add_argument(
+        "--compare-unrolled",
+        type=int,
+        default=0,
+        metavar="STAGE",
+        help="also compile the unrolled evaluator of STAGE (default 0; -1: skip) and time both "
+        "paths' calls there after the ACDC run",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)  # fmt: skip
     small = args.small
@@ -524,6 +535,17 @@ def main(argv=None) -> int:
     eap_job = pool.submit(compile_step, _eap._mask_grads, model, task, corrupted,
                           jnp.ones((1,), jnp.float32), "kl_div")  # fmt: skip
     sp_job = pool.submit(compile_step, _sp._sp_train, *sp_args)
+    unrolled_job = None
+    if args.compare_unrolled >= 0:  # compiles on the CPU while the accelerator runs ACDC
+
+        def unrolled_args():
+            st = args.compare_unrolled
+            prefix = jnp.zeros((task.batch, 0 if st == 0 else model.graph_shape.n_src, task.seq,
+                                model.cfg.d_model), jnp.float32)  # fmt: skip
+            vecs = jnp.ones((n_lanes, len(jacdc.graph_of(model.graph_shape))), jnp.float32)
+            return (model, task, corrupted, prefix, vecs, st, "kl_div")
+
+        unrolled_job = pool.submit(lambda: compile_step(_acdc._eval_candidates, *unrolled_args()))
     clean_sources = jax.block_until_ready(_acdc._clean_prefix_sources(model, task.clean))
     evaluate = Evaluator(model, task, corrupted, clean_sources, n_lanes)
     log(f"compiling the ACDC evaluator (every stage), EAP and SP on {workers} threads ...")
@@ -571,6 +593,45 @@ def main(argv=None) -> int:
         log(f"ACDC failed: {doc['acdc']['error']}")
     doc["acdc"]["peak_memory"] = device_peak_bytes()
     write()
+
+    # ---- scan against unrolled at one stage: the same candidates, warm calls ----
+    if unrolled_job is not None:
+        st = args.compare_unrolled
+        try:
+            info = unrolled_job.result(timeout=max(min(clock.left - 60.0, 120.0), 1.0))
+            if "error" in info:
+                raise RuntimeError(info["error"])
+            ev = Evaluator(model, task, corrupted,
+                           _acdc._clean_prefix_sources(model, task.clean), n_lanes)  # fmt: skip
+            rng = np.random.default_rng(args.seed)
+            vecs = (rng.uniform(size=(n_lanes, ev.n_edges)) > 0.01).astype(np.float32)
+            u_args = unrolled_args()
+            u_args = u_args[:3] + (ev.clean if st else u_args[3], jnp.asarray(vecs)) + u_args[5:]
+
+            def timed(fn, a, reps=5):
+                out = np.asarray(fn(*a))  # warm
+                t = time.perf_counter()
+                for _ in range(reps):
+                    out = np.asarray(fn(*a))
+                return (time.perf_counter() - t) / reps, out
+
+            s_call, s_out = timed(_acdc._eval_scan, ev.args(st, vecs))
+            u_call, u_out = timed(_acdc._eval_candidates, u_args)
+            doc["scan_vs_unrolled"] = {
+                "stage": st, "lanes": n_lanes, "unrolled_compile_s": info.get("compile_s"),
+                "scan_call_ms": 1e3 * s_call, "unrolled_call_ms": 1e3 * u_call,
+                "scan_over_unrolled": s_call / u_call,
+                "scan_flops": stage_flops(model, task, st, scan=True) * n_lanes,
+                "unrolled_flops": stage_flops(model, task, st, scan=False) * n_lanes,
+                "max_metric_diff": float(np.max(np.abs(s_out - u_out))),
+            }  # fmt: skip
+            del ev
+            log(f"stage {st}: scan {1e3 * s_call:.1f} ms vs unrolled {1e3 * u_call:.1f} ms per "
+                f"call (unrolled compiled in {info.get('compile_s', 0):.0f} s)")  # fmt: skip
+        except Exception as e:  # out of time or memory: record it, go on
+            doc["scan_vs_unrolled"] = {"stage": st, "error": f"{type(e).__name__}: {e}"[:500]}
+            log(f"scan vs unrolled: {doc['scan_vs_unrolled']['error']}")
+        write()
 
     # ---- EAP ----
     try:

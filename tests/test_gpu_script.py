@@ -31,6 +31,9 @@ def test_gpu_script_small_mode(tmp_path):
         memory = doc[name]["memory"]
         assert 0.5 < memory["predicted_over_xla"] < 2.0, (name, memory)
         assert doc[name]["peak_memory"]
+    versus = doc["scan_vs_unrolled"]
+    assert "error" not in versus and versus["max_metric_diff"] < 1e-5
+    assert versus["scan_call_ms"] > 0 and versus["unrolled_call_ms"] > 0
     assert doc["eap"]["edges_scored_per_s"] > 0
     assert doc["sp"]["steps_per_s"] > 0 and len(doc["sp"]["lambdas"]) >= 2
     assert "error" not in doc["eap"] and "error" not in doc["sp"]
