@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
         sp.add_argument("--engine", choices=("fast", "reference"), default="fast")
         sp.add_argument(
+            "--layers",
+            choices=("scan", "unrolled"),
+            default="scan",
+            help="fast engine's forward: scan (one compilation for every stage; default) or "
+            "unrolled (one compilation per stage, cheaper calls with many candidates)",
+        )
+        sp.add_argument(
             "--abs-value",
             action="store_true",
             help="remove an edge iff |metric change| < threshold",
@@ -233,7 +240,7 @@ def _acdc_runs(args, thresholds, out_dir: Path):
 
         kwargs = {}
         if args.engine == "fast":
-            kwargs = {"checkpoint": checkpoint, "resume": resume}
+            kwargs = {"checkpoint": checkpoint, "resume": resume, "layers": args.layers}
         # One device: exactly `jacdc.acdc_sweep`. Several: the batch (and candidates) sharded.
         # Either way the memory estimate is printed and checked before anything runs.
         results = _sharding.sharded_acdc_sweep(
@@ -289,6 +296,7 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
             "zero_ablation": result.zero_ablation,
             "abs_value": result.abs_value,
             "engine": result.engine,
+            "layers": args.layers if result.engine == "fast" else "unrolled",
             "dataset": args.dataset,
             "weights": args.weights,
         },

@@ -34,6 +34,7 @@ def test_discover_writes_a_complete_result(tmp_path, capsys):
     present = sorted(e["name"] for e in doc["edges"] if e["present"])
     assert present == sorted(bundle.canonical_circuit())
     assert doc["hyperparameters"]["zero_ablation"] is True
+    assert doc["hyperparameters"]["layers"] == "scan"
     assert doc["metrics"]["validation"]["l2"] < 1e-6
     assert set(doc["metrics"]["test"]) == set(bundle.test.metrics)
     assert len(doc["steps"]) > 0 and {"edge", "delta", "removed"} <= set(doc["steps"][0])
@@ -220,3 +221,22 @@ def test_discover_sp_and_eap_equal_the_library_calls(tmp_path, capsys):
     expect = jacdc.eap_scores(bundle.model, bundle.val, metric=metric)
     np.testing.assert_allclose(scores, expect, rtol=1e-6, atol=1e-12)
     assert sum(e["present"] for e in doc["edges"]) == 5
+
+
+def test_discover_layers_option_gives_the_same_circuit(tmp_path, capsys):
+    docs = {}
+    for layers in ("scan", "unrolled"):
+        out_dir = tmp_path / layers
+        code, out, err = run(
+            ["discover", "tracr-proportion", "--layers", layers, "--out", str(out_dir),
+             "--no-progress"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, out + err
+        docs[layers] = _results.read_result(out_dir / "result.json")
+        assert docs[layers]["hyperparameters"]["layers"] == layers
+    present = {k: [e["present"] for e in d["edges"]] for k, d in docs.items()}
+    assert present["scan"] == present["unrolled"] and any(present["scan"])
+    with pytest.raises(SystemExit) as exit_info:
+        run(["discover", "tracr-proportion", "--layers", "loop"], capsys)
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
