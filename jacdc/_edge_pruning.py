@@ -35,8 +35,9 @@ from ._graph import EdgeMask, graph_of
 from ._patching import ablation_sources, metric_value
 from ._sp import (
     INIT_LOG_ALPHA,
-    deterministic_hard_concrete,
+    check_run,
     expected_l0,
+    final_masks,
     sample_hard_concrete,
 )
 
@@ -161,10 +162,7 @@ def edge_pruning_sweep(
         raise ValueError(f"mode must be 'penalty' or 'target', got {mode!r}.")
     if mode == "target" and np.any(lams > 1):
         raise ValueError(f"Sparsity targets must lie in (0, 1], got {lams.tolist()}.")
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
-    if metric not in task.metrics:
-        raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
+    check_run(task, metric, n_steps)
     shape = model.graph_shape
     graph = graph_of(shape)
     keys = jr.split(key, lams.size)
@@ -184,12 +182,7 @@ def edge_pruning_sweep(
         jnp.asarray(mode == "target"),
         jnp.asarray(warmup, jnp.float32),
     )
-    if deterministic:
-        final = deterministic_hard_concrete(log_alpha)
-    else:
-        final = jax.vmap(lambda la, k: sample_hard_concrete(la, key=jr.fold_in(k, n_steps)))(
-            log_alpha, keys
-        )
+    final = final_masks(log_alpha, keys, n_steps, deterministic)
     present = np.asarray(graph.to_vector(final)) >= 0.5
     scores = np.asarray(graph.to_vector(log_alpha), np.float64)
     log_alpha = jax.tree.map(np.asarray, log_alpha)

@@ -427,10 +427,7 @@ def sharded_sp_sweep(
     from . import _memory, _sp
 
     lams = _sp._check_lambdas(lambdas)
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
-    if metric not in task.metrics:
-        raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
+    _sp.check_run(task, metric, n_steps)
     if mesh is None:
         mesh = make_mesh(devices, batch=task.batch)
     n_batch, n_lane = mesh_shape(mesh)

@@ -402,13 +402,28 @@ def subnetwork_probing(
     return results[0]
 
 
-def _sweep_with_keys(model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic):
-    # `sp_sweep` with explicit lane keys (it splits its key; a single run uses the key as is).
-    lams = _check_lambdas(lams)
+def check_run(task, metric: str, n_steps: int) -> None:
+    """The checks every trained mask (SP, edge pruning) makes before it trains."""
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
+
+
+def final_masks(log_alpha, keys, n_steps: int, deterministic: bool):
+    """The hard-concrete masks a finished run reports, per lane: the noise-free mask, or one
+    sample with each lane's key folded with `n_steps` (a key no training step used)."""
+    if deterministic:
+        return deterministic_hard_concrete(log_alpha)
+    return jax.vmap(lambda la, k: sample_hard_concrete(la, key=jr.fold_in(k, n_steps)))(
+        log_alpha, keys
+    )
+
+
+def _sweep_with_keys(model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic):
+    # `sp_sweep` with explicit lane keys (it splits its key; a single run uses the key as is).
+    lams = _check_lambdas(lams)
+    check_run(task, metric, n_steps)
     shape = model.graph_shape
     corrupted = unit_ablation_sources(model, task, zero_ablation)
     state = init_sp_state(shape, lams.size)
@@ -428,12 +443,7 @@ def _sweep_with_keys(model, task, lams, keys, metric, zero_ablation, n_steps, lr
 
 def _finish(shape, lams, state, keys, loss, value, reg, n_steps, deterministic):
     log_alpha = state.log_alpha
-    if deterministic:
-        final = deterministic_hard_concrete(log_alpha)
-    else:
-        final = jax.vmap(lambda la, k: sample_hard_concrete(la, key=jr.fold_in(k, n_steps)))(
-            log_alpha, keys
-        )
+    final = final_masks(log_alpha, keys, n_steps, deterministic)
     keep = jax.tree.map(lambda m: np.asarray(m) >= 0.5, final)
     present = circuit_from_units(shape, keep)
     log_alpha = jax.tree.map(np.asarray, log_alpha)

@@ -38,7 +38,7 @@ from jaxtyping import Array, Float, Int
 
 from jacdc.models import Transformer, TransformerConfig
 
-from ._base import AbstractMetric, Task, kl_metric
+from ._base import AbstractMetric, Task, TaskBundle, kl_metric
 
 
 Tokenize = Callable[[str], Sequence[int]]
@@ -335,6 +335,39 @@ def make_split(
         corrupted_positions=None,
         logit_positions=positions,
         metrics=all_metrics,
+    )
+
+
+def prompt_bundle(
+    name: str,
+    model: Transformer,
+    clean_tokens,
+    corrupted_tokens,
+    metrics: Callable[[int, int], dict[str, AbstractMetric]],
+    *,
+    position: int,
+    n_val: int,
+    n_test: int,
+    canonical,
+    info: dict,
+) -> TaskBundle:
+    """A bundle of fixed-length prompts whose metrics read one `position`: the first `n_val`
+    rows are the validation split, the next `n_test` the test split; `metrics(lo, hi)` gives the
+    task metrics of rows `lo:hi` (a `kl_div` metric is always added; it is the default)."""
+
+    def split(lo: int, hi: int) -> Task:
+        return make_split(
+            model, clean_tokens[lo:hi], corrupted_tokens[lo:hi], [position], metrics(lo, hi)
+        )
+
+    return TaskBundle(
+        name=name,
+        model=model,
+        val=split(0, n_val),
+        test=split(n_val, n_val + n_test),
+        default_metric="kl_div",
+        canonical=canonical,
+        info=info,
     )
 
 

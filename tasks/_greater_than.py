@@ -38,7 +38,7 @@ from ._common import (
     check_token_range,
     check_vocab,
     default_gpt2_tokenizer,
-    make_split,
+    prompt_bundle,
     resolve_model,
     tokenize_all,
     vocab_size_of,
@@ -201,24 +201,20 @@ def make_greater_than_task(
     check_token_range(model, prompts.year_tokens[None], "Greater-Than year tokens")
     yy = np.array([y % 100 for y in prompts.years], np.int32)
 
-    def split(lo: int, hi: int):
-        metric = ProbDiffMetric(
-            year_tokens=jnp.asarray(prompts.year_tokens), start_year=jnp.asarray(yy[lo:hi])
-        )
-        return make_split(
-            model,
-            prompts.clean_tokens[lo:hi],
-            prompts.corrupted_tokens[lo:hi],
-            [GREATER_THAN_LENGTH - 1],
-            {"greaterthan": metric},
-        )
+    def metrics(lo: int, hi: int):
+        years = jnp.asarray(prompts.year_tokens)
+        return {"greaterthan": ProbDiffMetric(year_tokens=years,
+                                              start_year=jnp.asarray(yy[lo:hi]))}  # fmt: skip
 
-    return TaskBundle(
-        name="greater-than",
-        model=model,
-        val=split(0, n_val),
-        test=split(n_val, n_val + n_test),
-        default_metric="kl_div",
+    return prompt_bundle(
+        "greater-than",
+        model,
+        prompts.clean_tokens,
+        prompts.corrupted_tokens,
+        metrics,
+        position=GREATER_THAN_LENGTH - 1,
+        n_val=n_val,
+        n_test=n_test,
         canonical=greater_than_circuit() if model.graph_shape == GPT2_SHAPE else None,
         info={
             "seed": GREATER_THAN_SEED + seed,

@@ -37,7 +37,7 @@ from ._common import (
     check_token_range,
     check_vocab,
     default_gpt2_tokenizer,
-    make_split,
+    prompt_bundle,
     resolve_model,
     tokenize_all,
     vocab_size_of,
@@ -184,25 +184,20 @@ def make_ioi_task(
     prompts = make_ioi_prompts(tokenizer, n=n_val + n_test, seed=seed)
     check_token_range(model, prompts.clean_tokens, "IOI prompts")
 
-    def split(lo: int, hi: int):
-        logit_diff = LogitDiffMetric(
-            correct=jnp.asarray(prompts.io_tokens[lo:hi]),
-            wrong=jnp.asarray(prompts.s_tokens[lo:hi]),
-        )
-        return make_split(
-            model,
-            prompts.clean_tokens[lo:hi],
-            prompts.corrupted_tokens[lo:hi],
-            [IOI_LENGTH - 1],
-            {"logit_diff": logit_diff},
-        )
+    def metrics(lo: int, hi: int):
+        correct, wrong = prompts.io_tokens[lo:hi], prompts.s_tokens[lo:hi]
+        return {"logit_diff": LogitDiffMetric(correct=jnp.asarray(correct),
+                                              wrong=jnp.asarray(wrong))}  # fmt: skip
 
-    return TaskBundle(
-        name="ioi",
-        model=model,
-        val=split(0, n_val),
-        test=split(n_val, n_val + n_test),
-        default_metric="kl_div",
+    return prompt_bundle(
+        "ioi",
+        model,
+        prompts.clean_tokens,
+        prompts.corrupted_tokens,
+        metrics,
+        position=IOI_LENGTH - 1,
+        n_val=n_val,
+        n_test=n_test,
         canonical=ioi_circuit() if model.graph_shape == GPT2_SHAPE else None,
         info={
             "seed": seed,
