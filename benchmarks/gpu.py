@@ -256,8 +256,6 @@ class Evaluator:
     engine calls it: `evaluate(stage, vecs)` -> metric per candidate row."""
 
     def __init__(self, model, task, corrupted, clean_sources, n_lanes: int):
-        import jax.numpy as jnp
-
         import jacdc
         from jacdc import _acdc
 
@@ -265,10 +263,10 @@ class Evaluator:
         self.clean, self.n_lanes = clean_sources, n_lanes
         self.stacked = _acdc._stack_blocks(model)
         self.n_edges = len(jacdc.graph_of(model.graph_shape))
-        self._fn, self._jnp = _acdc._eval_scan, jnp
 
     def args(self, stage: int, vecs=None):
-        jnp = self._jnp
+        import jax.numpy as jnp
+
         if vecs is None:
             vecs = jnp.ones((self.n_lanes, self.n_edges), jnp.float32)
         return (self.model, self.task, self.corrupted, self.clean, jnp.asarray(vecs),
@@ -277,7 +275,9 @@ class Evaluator:
     def __call__(self, stage: int, vecs):
         import numpy as np
 
-        return np.asarray(self._fn(*self.args(stage, vecs)))
+        from jacdc import _acdc
+
+        return np.asarray(_acdc._eval_scan(*self.args(stage, vecs)))
 
 
 def probe_tau(model, evaluate, n_lanes, n_probe, target, seed):

@@ -42,6 +42,7 @@ import numpy as np
 
 from ._graph import QKV, Graph, GraphShape, graph_of
 from ._patching import ablation_sources, metric_of_mask
+from ._sharding import LANE, mesh_shape, place, sources_to_dtype, to_host
 from .models import stack_blocks
 
 
@@ -528,8 +529,6 @@ class _Lanes:
         self, model, task, corrupted, metric, n_lanes, *, layers="scan", suffix=True,
         mesh=None, source_dtype=None, on_call=None,
     ):  # fmt: skip
-        from ._sharding import LANE, mesh_shape, sources_to_dtype
-
         if layers not in ("scan", "unrolled"):
             raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
         if source_dtype is not None:
@@ -551,8 +550,6 @@ class _Lanes:
     def clean(self):
         """The clean run's sources `(batch, src, seq, d_model)`, computed on first use."""
         if self._clean is None:
-            from ._sharding import sources_to_dtype
-
             clean = _clean_prefix_sources(self.model, self.task.clean)
             if self.source_dtype is not None:
                 clean = sources_to_dtype(clean, self.source_dtype)
@@ -563,13 +560,9 @@ class _Lanes:
         vecs = np.asarray(vecs, np.float32)
         if self._lane_sharding is None:
             return jnp.asarray(vecs)
-        from ._sharding import place
-
         return place(vecs, self._lane_sharding)
 
     def evaluate(self, stage: int, vecs: np.ndarray, n_used: int) -> np.ndarray:
-        from ._sharding import to_host
-
         start = time.perf_counter()
         self.n_calls += 1
         self.n_evals += n_used

@@ -514,19 +514,16 @@ class Transformer(eqx.Module):
         pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
         zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
 
+        def read(m, online, n, bias):
+            """A receiver's input from the `n` sources upstream of it (the others weigh 0)."""
+            valid = src < n
+            w_on, w_co = jnp.where(valid, m, 0.0), jnp.where(valid, 1.0 - m, 0.0)
+            return _mix(w_on, online, corrupted.resid, w_co) + bias
+
         def attention(online, xs):
             blk, layer, bias, m_qkv, direct, c_q, c_k, c_v = xs
             n = E + layer * P
-            valid = src < n
-            x = (
-                _mix(
-                    jnp.where(valid, m_qkv, 0.0),
-                    online,
-                    corrupted.resid,
-                    jnp.where(valid, 1.0 - m_qkv, 0.0),
-                )
-                + bias
-            )
+            x = read(m_qkv, online, n, bias)
             result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk)
             online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
             return online, (q, k, v)
@@ -534,17 +531,7 @@ class Transformer(eqx.Module):
         def mlp(online, xs):
             blk, layer, bias, m_mlp = xs
             n = E + layer * P + H
-            valid = src < n
-            x = (
-                _mix(
-                    jnp.where(valid, m_mlp, 0.0),
-                    online,
-                    corrupted.resid,
-                    jnp.where(valid, 1.0 - m_mlp, 0.0),
-                )
-                + bias
-            )
-            out = _mlp(cfg, blk, x)[None]
+            out = _mlp(cfg, blk, read(m_mlp, online, n, bias))[None]
             return jax.lax.dynamic_update_slice_in_dim(online, out, n, axis=0)
 
         def layer_body(online, xs):
