@@ -58,34 +58,57 @@ class LayerNorm(eqx.Module):
         return x * scale * self.w + self.b
 
 
+class RMSNorm(eqx.Module):
+    """`x * rsqrt(mean(x^2) + eps) * w` (Llama, Mistral, Qwen2; Gemma's `(1 + w)` form is
+    stored as `w' = 1 + w`)."""
+
+    w: Float[Array, " d_model"]
+    eps: float = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "... d_model"]) -> Float[Array, "... d_model"]:
+        scale = jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        return x * scale * self.w
+
+
+Norm = LayerNorm | RMSNorm
+
+
 class Block(eqx.Module):
     """One layer's weights, in TransformerLens names and layouts.
 
-    `w_q, w_k, w_v`: `(head, d_model, d_head)`; `w_o`: `(head, d_head, d_model)`;
-    `w_in`: `(d_model, d_mlp)`; `w_out`: `(d_mlp, d_model)`.
+    `w_q`: `(head, d_model, d_head)`; `w_k, w_v`: `(kv_head, d_model, d_head)` (`kv_head =
+    n_kv_heads`, `n_heads` without grouped-query attention); `w_o`: `(head, d_head, d_model)`;
+    `w_in`, `w_gate`: `(d_model, d_mlp)`; `w_out`: `(d_mlp, d_model)`. Absent biases are zeros.
+    `ln_post_attn` / `ln_post_mlp`: Gemma-2's post-attention / post-MLP norms (else `None`).
     """
 
-    ln1: LayerNorm | None
+    ln1: Norm | None
     w_q: Float[Array, "head d_model d_head"]
     b_q: Float[Array, "head d_head"]
-    w_k: Float[Array, "head d_model d_head"]
-    b_k: Float[Array, "head d_head"]
-    w_v: Float[Array, "head d_model d_head"]
-    b_v: Float[Array, "head d_head"]
+    w_k: Float[Array, "kv_head d_model d_head"]
+    b_k: Float[Array, "kv_head d_head"]
+    w_v: Float[Array, "kv_head d_model d_head"]
+    b_v: Float[Array, "kv_head d_head"]
     w_o: Float[Array, "head d_head d_model"]
     b_o: Float[Array, " d_model"]
-    ln2: LayerNorm | None
+    ln2: Norm | None
     w_in: Float[Array, "d_model d_mlp"] | None
     b_in: Float[Array, " d_mlp"] | None
     w_out: Float[Array, "d_mlp d_model"] | None
     b_out: Float[Array, " d_model"] | None
+    w_gate: Float[Array, "d_model d_mlp"] | None = None
+    b_gate: Float[Array, " d_mlp"] | None = None
+    ln_post_attn: Norm | None = None
+    ln_post_mlp: Norm | None = None
 
 
 def _act(name: str, x):
-    if name == "gelu_new":
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
         return jax.nn.gelu(x, approximate=True)
     if name == "gelu":
         return jax.nn.gelu(x, approximate=False)
+    if name == "silu":
+        return jax.nn.silu(x)
     return jax.nn.relu(x)
 
 
@@ -104,8 +127,13 @@ def _mix(
     )
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
 class Transformer(eqx.Module):
-    """GPT-2-style, attention-only (shortformer) and tracr transformers with edge masks.
+    """The edge-masked transformer of every supported family (GPT-2, attention-only
+    shortformer, tracr, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Gemma-2), set by its
+    [`jacdc.models.TransformerConfig`][] (see `docs/families.md`).
 
     `__call__` works on **one sequence**; batch with
     `jax.vmap(model, in_axes=(0, None, 0))` (one mask for the batch) or `in_axes=(0, 0, 0)`.
@@ -113,15 +141,15 @@ class Transformer(eqx.Module):
 
     cfg: TransformerConfig = eqx.field(static=True)
     w_e: Float[Array, "d_vocab d_model"]
-    w_pos: Float[Array, "n_ctx d_model"]
+    w_pos: Float[Array, "n_ctx d_model"] | None
     blocks: tuple[Block, ...]
-    ln_final: LayerNorm | None
+    ln_final: Norm | None
     w_u: Float[Array, "d_model d_vocab_out"]
     b_u: Float[Array, " d_vocab_out"]
 
     def __init__(self, cfg: TransformerConfig, *, key: PRNGKeyArray, init_std: float = 0.02):
         """Random initialisation (normal with `init_std`, biases small and non-zero so that
-        tests see them).
+        tests see them; every weight the config has is initialised).
 
         **Arguments:**
 
@@ -130,32 +158,36 @@ class Transformer(eqx.Module):
         - `init_std`: standard deviation of the weights.
         """
         self.cfg = cfg
-        keys = iter(jr.split(key, 8 + 16 * cfg.n_layers))
+        keys = iter(jr.split(key, 8 + 24 * cfg.n_layers))
+        dtype = _DTYPES[cfg.weight_dtype]
 
         def normal(shape, std=init_std):
-            return std * jr.normal(next(keys), shape, jnp.float32)
+            return (std * jr.normal(next(keys), shape, jnp.float32)).astype(dtype)
 
-        d, e, H = cfg.d_model, cfg.d_head, cfg.n_heads
+        d, e, H, KV = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.kv_heads
         self.w_e = normal((cfg.d_vocab, d), 1.0 if cfg.normalization == "none" else init_std * 5)
-        self.w_pos = normal((cfg.n_ctx, d), init_std * 5)
+        self.w_pos = normal((cfg.n_ctx, d), init_std * 5) if cfg.has_pos_table else None
 
         def ln():
             if cfg.normalization == "none":
                 return None
+            if cfg.normalization == "RMS":
+                return RMSNorm(1.0 + normal((d,), 0.1), cfg.ln_eps)
             return LayerNorm(1.0 + normal((d,), 0.1), normal((d,), 0.1), cfg.ln_eps)
 
         blocks = []
         for _ in range(cfg.n_layers):
             has = cfg.has_mlp
+            gated = has and cfg.gated_mlp
             blocks.append(
                 Block(
                     ln1=ln(),
                     w_q=normal((H, d, e), d**-0.5),
                     b_q=normal((H, e), 0.1),
-                    w_k=normal((H, d, e), d**-0.5),
-                    b_k=normal((H, e), 0.1),
-                    w_v=normal((H, d, e), d**-0.5),
-                    b_v=normal((H, e), 0.1),
+                    w_k=normal((KV, d, e), d**-0.5),
+                    b_k=normal((KV, e), 0.1),
+                    w_v=normal((KV, d, e), d**-0.5),
+                    b_v=normal((KV, e), 0.1),
                     w_o=normal((H, e, d), (H * e) ** -0.5),
                     b_o=normal((d,), 0.1),
                     ln2=ln() if has else None,
@@ -163,6 +195,10 @@ class Transformer(eqx.Module):
                     b_in=normal((cfg.d_mlp,), 0.1) if has else None,
                     w_out=normal((cfg.d_mlp, d), cfg.d_mlp**-0.5) if has else None,
                     b_out=normal((d,), 0.1) if has else None,
+                    w_gate=normal((d, cfg.d_mlp), d**-0.5) if gated else None,
+                    b_gate=normal((cfg.d_mlp,), 0.1) if gated else None,
+                    ln_post_attn=ln() if cfg.post_norms else None,
+                    ln_post_mlp=ln() if cfg.post_norms and has else None,
                 )
             )
         self.blocks = tuple(blocks)
@@ -176,44 +212,71 @@ class Transformer(eqx.Module):
         cfg: TransformerConfig,
         *,
         w_e,
-        w_pos,
+        w_pos=None,
         blocks: list[dict],
-        ln_final: tuple | None,
+        ln_final,
         w_u,
         b_u=None,
     ) -> "Transformer":
         """Builds a model from explicit weights (TransformerLens layouts; see [`Block`][]).
 
-        Each element of `blocks` is a dict with the keys of `Block` (`ln1`/`ln2` as
-        `(w, b)` pairs or `None`). Shapes are checked against `cfg`, and every mismatch is
-        reported in one message.
+        Each element of `blocks` is a dict with the keys of `Block`. Norms (`ln1`, `ln2`,
+        `ln_post_attn`, `ln_post_mlp`, and `ln_final`) are `(w, b)` pairs for LayerNorm and
+        `(w, None)` (or `w` alone) for RMSNorm, or `None` where the config has none. Biases
+        (`b_q, b_k, b_v, b_o, b_in, b_gate, b_out`, `b_u`) may be `None` or left out: zeros, which
+        is exact. `w_pos` is `None` unless the config has a learned position table. Arrays
+        (NumPy, including `ml_dtypes.bfloat16`, or JAX) are cast to `cfg.weight_dtype`; a JAX
+        array that already has it is kept as it is (its placement too). Shapes are checked
+        against `cfg`, and every mismatch is reported in one message.
         """
-        d, e, H, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp
-        f32 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float32))
+        d, e, H, m, KV = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp, cfg.kv_heads
+        dtype = _DTYPES[cfg.weight_dtype]
         problems: list[str] = []
 
-        def check(name, x, shape):
+        def cast(x):
+            if isinstance(x, jax.Array) and x.dtype == dtype:
+                return x
+            if not isinstance(x, jax.Array):
+                x = np.asarray(x)
+                if x.dtype.kind not in "fiu" and x.dtype.name != "bfloat16":
+                    raise TypeError(f"expected a numeric array, got dtype {x.dtype}")
+            return jnp.asarray(x).astype(dtype)
+
+        def check(name, x, shape, bias=False):
             if x is None:
-                if shape is not None:
+                if shape is not None and not bias:
                     problems.append(f"{name}: missing, expected shape {shape}")
+                if shape is not None and bias:
+                    return jnp.zeros(shape, dtype)
                 return None
             if shape is None:
                 problems.append(f"{name}: given, but this config has no such weight")
                 return None
             if tuple(np.shape(x)) != tuple(shape):
                 problems.append(f"{name}: shape {tuple(np.shape(x))}, expected {tuple(shape)}")
-            return f32(x)
-
-        def make_ln(name, pair):
-            if cfg.normalization == "none":
-                if pair is not None:
-                    problems.append(f"{name}: given, but normalization='none'")
                 return None
-            if pair is None:
-                problems.append(f"{name}: missing LayerNorm weights")
+            return cast(x)
+
+        def make_norm(name, given, wanted=True):
+            if cfg.normalization == "none" or not wanted:
+                if given is not None:
+                    why = "normalization='none'" if wanted else "this config has no such norm"
+                    problems.append(f"{name}: given, but {why}")
+                return None
+            if given is None:
+                problems.append(f"{name}: missing {cfg.normalization} norm weights")
+                return None
+            if cfg.normalization == "RMS":
+                if isinstance(given, (tuple, list)):
+                    if len(given) == 2 and given[1] is not None:
+                        problems.append(f"{name}.b: given, but RMSNorm has no bias")
+                    given = given[0]
+                return RMSNorm(check(f"{name}.w", given, (d,)), cfg.ln_eps)
+            if not isinstance(given, (tuple, list)) or len(given) != 2:
+                problems.append(f"{name}: expected a (w, b) LayerNorm pair")
                 return None
             return LayerNorm(
-                check(f"{name}.w", pair[0], (d,)), check(f"{name}.b", pair[1], (d,)), cfg.ln_eps
+                check(f"{name}.w", given[0], (d,)), check(f"{name}.b", given[1], (d,)), cfg.ln_eps
             )
 
         if len(blocks) != cfg.n_layers:
@@ -222,32 +285,45 @@ class Transformer(eqx.Module):
         for i, blk in enumerate(blocks):
             p = f"blocks.{i}"
             has = cfg.has_mlp
+            gated = has and cfg.gated_mlp
             unknown = set(blk) - set(Block.__dataclass_fields__)
             if unknown:
                 problems.append(f"{p}: unknown weights {sorted(unknown)}")
+
+            def w(name, shape, bias=False, blk=blk, p=p):
+                return check(f"{p}.{name}", blk.get(name), shape, bias)
+
             built.append(
                 Block(
-                    ln1=make_ln(f"{p}.ln1", blk.get("ln1")),
-                    w_q=check(f"{p}.w_q", blk.get("w_q"), (H, d, e)),
-                    b_q=check(f"{p}.b_q", blk.get("b_q"), (H, e)),
-                    w_k=check(f"{p}.w_k", blk.get("w_k"), (H, d, e)),
-                    b_k=check(f"{p}.b_k", blk.get("b_k"), (H, e)),
-                    w_v=check(f"{p}.w_v", blk.get("w_v"), (H, d, e)),
-                    b_v=check(f"{p}.b_v", blk.get("b_v"), (H, e)),
-                    w_o=check(f"{p}.w_o", blk.get("w_o"), (H, e, d)),
-                    b_o=check(f"{p}.b_o", blk.get("b_o"), (d,)),
-                    ln2=make_ln(f"{p}.ln2", blk.get("ln2")) if has else None,
-                    w_in=check(f"{p}.w_in", blk.get("w_in"), (d, m) if has else None),
-                    b_in=check(f"{p}.b_in", blk.get("b_in"), (m,) if has else None),
-                    w_out=check(f"{p}.w_out", blk.get("w_out"), (m, d) if has else None),
-                    b_out=check(f"{p}.b_out", blk.get("b_out"), (d,) if has else None),
+                    ln1=make_norm(f"{p}.ln1", blk.get("ln1")),
+                    w_q=w("w_q", (H, d, e)),
+                    b_q=w("b_q", (H, e), True),
+                    w_k=w("w_k", (KV, d, e)),
+                    b_k=w("b_k", (KV, e), True),
+                    w_v=w("w_v", (KV, d, e)),
+                    b_v=w("b_v", (KV, e), True),
+                    w_o=w("w_o", (H, e, d)),
+                    b_o=w("b_o", (d,), True),
+                    ln2=make_norm(f"{p}.ln2", blk.get("ln2"), has),
+                    w_in=w("w_in", (d, m) if has else None),
+                    b_in=w("b_in", (m,) if has else None, True),
+                    w_out=w("w_out", (m, d) if has else None),
+                    b_out=w("b_out", (d,) if has else None, True),
+                    w_gate=w("w_gate", (d, m) if gated else None),
+                    b_gate=w("b_gate", (m,) if gated else None, True),
+                    ln_post_attn=make_norm(
+                        f"{p}.ln_post_attn", blk.get("ln_post_attn"), cfg.post_norms
+                    ),
+                    ln_post_mlp=make_norm(
+                        f"{p}.ln_post_mlp", blk.get("ln_post_mlp"), cfg.post_norms and has
+                    ),
                 )
             )
         w_e = check("w_e", w_e, (cfg.d_vocab, d))
-        w_pos = check("w_pos", w_pos, (cfg.n_ctx, d))
-        lnf = make_ln("ln_final", ln_final)
+        w_pos = check("w_pos", w_pos, (cfg.n_ctx, d) if cfg.has_pos_table else None)
+        lnf = make_norm("ln_final", ln_final)
         w_u = check("w_u", w_u, (d, cfg.vocab_out))
-        b_u = check("b_u", np.zeros(cfg.vocab_out) if b_u is None else b_u, (cfg.vocab_out,))
+        b_u = check("b_u", b_u, (cfg.vocab_out,), True)
         if problems:
             raise ValueError(
                 "Weights do not fit the config:\n  "
@@ -337,12 +413,15 @@ class Transformer(eqx.Module):
 
     def embed(self, tokens, positions) -> list[Float[Array, "seq d_model"]]:
         """The embedding source outputs (one or two of them)."""
-        tok = self.w_e[tokens]
-        pos = self.w_pos[positions]
-        if self.cfg.positional == "standard":
-            return [tok + pos]
-        if self.cfg.positional == "shortformer":
+        cfg = self.cfg
+        tok = self.w_e[tokens].astype(jnp.float32)
+        if cfg.embed_scale is not None:
+            tok = tok * jnp.float32(cfg.embed_scale)
+        if not cfg.has_pos_table or cfg.positional == "shortformer":
             return [tok]
+        pos = self.w_pos[positions].astype(jnp.float32)
+        if cfg.positional == "standard":
+            return [tok + pos]
         return [tok, pos]
 
     def __call__(
