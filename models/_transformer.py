@@ -508,16 +508,47 @@ class Transformer(eqx.Module):
         return logits
 
     def n_prefix(self, stage: int) -> int:
-        shape = self.graph_shape
+        """Sources written before `stage` (what [`run_from`][] needs): for an MLP stage this
+        includes the layer's own heads, also in parallel blocks (whose MLP does not read them,
+        but later layers do, and the MLP stage leaves them unchanged)."""
         L = self.cfg.n_layers
         if not 0 <= stage <= 2 * L:
             raise ValueError(f"stage must lie in [0, {2 * L}], got {stage}.")
-        if stage == 0:
-            return 0
-        if stage == 2 * L:
-            return shape.n_src
-        layer, part = divmod(stage, 2)
-        return shape.n_src_before_layer(layer) if part == 0 else shape.n_src_before_mlp(layer)
+        return self.graph_shape.n_src_before_stage(stage)
+
+    def _rope(self, positions):
+        """`(cos, sin)` tables `(seq, rot_dim)` of the rotary embedding, or `None`."""
+        if not self.cfg.rot_dim:
+            return None
+        inv = jnp.asarray(self.cfg.inv_freq(), jnp.float32)
+        angles = positions.astype(jnp.float32)[:, None] * inv[None, :]
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        return jnp.cos(angles), jnp.sin(angles)
+
+    def _pos_qk(self, positions):
+        if self.cfg.positional != "shortformer":
+            return None
+        return self.w_pos[positions].astype(jnp.float32)
+
+    def _read_unrolled(self, m, online, corrupted, n, bias):
+        """A receiver's input from the first `n` sources (list `online`), with mask row `m`.
+        With post-norms, each earlier layer's heads are mixed, summed with its `b_o` and
+        normalised by that layer's post-attention norm (see `docs/families.md`)."""
+        cfg, shape = self.cfg, self.graph_shape
+        stacked = jnp.stack(online[:n])
+        if not cfg.post_norms:
+            return _mix(m, stacked, corrupted[:n]) + bias
+        E, P, H = shape.n_embed, shape.per_layer, cfg.n_heads
+        x = _mix(m[..., :E], stacked[:E], corrupted[:E])
+        for layer in range(-(-(n - E) // P)):
+            blk = self.blocks[layer]
+            hs = slice(E + layer * P, E + layer * P + H)
+            part = _mix(m[..., hs], stacked[hs], corrupted[hs]) + blk.b_o.astype(jnp.float32)
+            x = x + blk.ln_post_attn(part)
+            j = E + layer * P + H
+            if cfg.has_mlp and j < n:
+                x = x + _mix(m[..., j : j + 1], stacked[j : j + 1], corrupted[j : j + 1])
+        return x
 
     def _forward(self, tokens, mask, corrupted, positions, stage, prefix, logit_positions):
         cfg, shape = self.cfg, self.graph_shape
@@ -529,38 +560,49 @@ class Transformer(eqx.Module):
         else:
             online = list(prefix)
         qs, ks, vs = [], [], []
+        pos_qk, rope = self._pos_qk(positions), self._rope(positions)
+        windows = cfg.windows()
         bias = jnp.zeros((cfg.d_model,), jnp.float32)
         for layer, blk in enumerate(self.blocks):
             if 2 * layer >= stage:
                 n = shape.n_src_before_layer(layer)
-                stacked = jnp.stack(online[:n])
                 m_qkv = jnp.stack(
                     [mask.q[layer, :, :n], mask.k[layer, :, :n], mask.v[layer, :, :n]]
                 )
-                x = _mix(m_qkv, stacked, corrupted.resid[:n]) + bias  # (3, head, seq, d_model)
-                pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+                x = self._read_unrolled(m_qkv, online, corrupted.resid, n, bias)
                 c = corrupted
                 result, q, k, v = _heads(
-                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk
-                )
+                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk,
+                    rope, windows[layer],
+                )  # fmt: skip
                 qs.append(q), ks.append(k), vs.append(v)
                 online.extend(result[h] for h in range(cfg.n_heads))
-            bias = bias + blk.b_o
+            bias_before = bias
+            if not cfg.post_norms:  # with post-norms, b_o sits inside the layer's norm
+                bias = bias + blk.b_o
             if cfg.has_mlp and 2 * layer + 1 >= stage:
                 n = shape.n_src_before_mlp(layer)
-                x = _mix(mask.mlp[layer, :n], jnp.stack(online[:n]), corrupted.resid[:n]) + bias
+                b = bias_before if cfg.parallel_attn_mlp else bias
+                x = self._read_unrolled(mask.mlp[layer, :n], online, corrupted.resid, n, b)
                 online.append(_mlp(cfg, blk, x))
+        x = self._read_unrolled(mask.out, online, corrupted.resid, shape.n_src, bias)
+        logits = self._unembed(x, logit_positions)
+        if stage != 0:
+            return logits, None
         stacked = jnp.stack(online)
-        x = _mix(mask.out, stacked, corrupted.resid) + bias
+        sources = Sources(resid=stacked, q=jnp.stack(qs), k=jnp.stack(ks), v=jnp.stack(vs))
+        return logits, sources
+
+    def _unembed(self, x, logit_positions):
         if logit_positions is not None:
             x = x[logit_positions]
         if self.ln_final is not None:
             x = self.ln_final(x)
         logits = x @ self.w_u + self.b_u
-        if stage != 0:
-            return logits, None
-        sources = Sources(resid=stacked, q=jnp.stack(qs), k=jnp.stack(ks), v=jnp.stack(vs))
-        return logits, sources
+        cap = self.cfg.final_softcap
+        if cap is not None:
+            logits = cap * jnp.tanh(logits / cap)
+        return logits.astype(jnp.float32)
 
     def _forward_scan(
         self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None
@@ -573,7 +615,7 @@ class Transformer(eqx.Module):
         otherwise a traced stage, with `clean` the buffer whose sources before it are read."""
         cfg, shape = self.cfg, self.graph_shape
         seq = tokens.shape[0]
-        H, E, P = cfg.n_heads, shape.n_embed, shape.per_layer
+        H, E, P, L = cfg.n_heads, shape.n_embed, shape.per_layer, cfg.n_layers
         if positions is None:
             positions = jnp.arange(seq)
         if clean is None:
@@ -587,36 +629,62 @@ class Transformer(eqx.Module):
         bias, before = jnp.zeros((cfg.d_model,), jnp.float32), []
         for blk in self.blocks:
             before.append(bias)
-            bias = bias + blk.b_o
+            if not cfg.post_norms:
+                bias = bias + blk.b_o
         final_bias = bias
         src = jnp.arange(shape.n_src)
-        pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+        pos_qk, rope = self._pos_qk(positions), self._rope(positions)
         zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
+        if cfg.post_norms:
+            # Every layer's post-attention norm and b_o, applied per (receiver, layer) below.
+            post = jax.tree.map(lambda a: a[:, None, :], blocks.ln_post_attn)
+            b_o_all = blocks.b_o.astype(jnp.float32)[:, None, :]
 
-        def read(m, online, n, bias):
+        def read(m, online, n, bias, n_head_layers=None):
             """A receiver's input from the `n` sources upstream of it (the others weigh 0)."""
             valid = src < n
             w_on, w_co = jnp.where(valid, m, 0.0), jnp.where(valid, 1.0 - m, 0.0)
-            return _mix(w_on, online, corrupted.resid, w_co) + bias
+            if not cfg.post_norms:
+                return _mix(w_on, online, corrupted.resid, w_co) + bias
+            c = corrupted.resid
+            x = _mix(w_on[..., :E], online[:E], c[:E], w_co[..., :E])
+            lay = lambda a: a[..., E:].reshape(a.shape[:-1] + (L, P))
+            per = lambda a: a[E:].reshape((L, P) + a.shape[1:])
+            on, co, o_l, c_l = lay(w_on), lay(w_co), per(online), per(c)
+            part = (
+                jnp.einsum("...lh,lhsd->...lsd", on[..., :H], o_l[:, :H])
+                + jnp.einsum("...lh,lhsd->...lsd", co[..., :H], c_l[:, :H])
+                + b_o_all
+            )
+            normed = post(part)
+            ok = (jnp.arange(L) < n_head_layers)[:, None, None]
+            x = x + jnp.where(ok, normed, 0.0).sum(-3)
+            if cfg.has_mlp:
+                x = x + jnp.einsum("...l,lsd->...sd", on[..., H], o_l[:, H])
+                x = x + jnp.einsum("...l,lsd->...sd", co[..., H], c_l[:, H])
+            return x
 
         def attention(online, xs):
-            blk, layer, bias, m_qkv, direct, c_q, c_k, c_v = xs
+            blk, layer, bias, m_qkv, direct, c_q, c_k, c_v, window = xs
             n = E + layer * P
-            x = read(m_qkv, online, n, bias)
-            result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk)
+            x = read(m_qkv, online, n, bias, layer)
+            result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk, rope, window)
             online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
             return online, (q, k, v)
 
+        own = 0 if cfg.parallel_attn_mlp else 1  # does the MLP read its own layer's heads?
+
         def mlp(online, xs):
             blk, layer, bias, m_mlp = xs
-            n = E + layer * P + H
-            out = _mlp(cfg, blk, read(m_mlp, online, n, bias))[None]
-            return jax.lax.dynamic_update_slice_in_dim(online, out, n, axis=0)
+            n = E + layer * P + own * H
+            out = _mlp(cfg, blk, read(m_mlp, online, n, bias, layer + own))[None]
+            return jax.lax.dynamic_update_slice_in_dim(online, out, E + layer * P + H, axis=0)
 
         def layer_body(online, xs):
             blk, layer, bias = xs["blk"], xs["layer"], xs["bias"]
             m_qkv = jnp.stack([xs["q"], xs["k"], xs["v"]])
-            a_xs = (blk, layer, bias, m_qkv, xs["direct"], xs["cq"], xs["ck"], xs["cv"])
+            window = xs.get("window")
+            a_xs = (blk, layer, bias, m_qkv, xs["direct"], xs["cq"], xs["ck"], xs["cv"], window)
             if stage is None:
                 online, qkv = attention(online, a_xs)
             else:
@@ -628,7 +696,8 @@ class Transformer(eqx.Module):
                     a_xs,
                 )
             if cfg.has_mlp:
-                m_xs = (blk, layer, bias + blk.b_o, xs["mlp"])
+                mlp_bias = bias if cfg.parallel_attn_mlp or cfg.post_norms else bias + blk.b_o
+                m_xs = (blk, layer, mlp_bias, xs["mlp"])
                 if stage is None:
                     online = mlp(online, m_xs)
                 else:
@@ -649,49 +718,91 @@ class Transformer(eqx.Module):
         }
         if cfg.has_mlp:
             xs["mlp"] = mask.mlp
+        if cfg.sliding_window is not None:
+            xs["window"] = jnp.array([_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32)
         online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
-        x = _mix(mask.out, online, corrupted.resid) + final_bias
-        if logit_positions is not None:
-            x = x[logit_positions]
-        if self.ln_final is not None:
-            x = self.ln_final(x)
-        logits = x @ self.w_u + self.b_u
+        x = read(mask.out, online, shape.n_src, final_bias, L)
+        logits = self._unembed(x, logit_positions)
         if stage is not None:
             return logits, None
         return logits, Sources(resid=online, q=qs, k=ks, v=vs)
 
 
-def _heads(cfg, blk: Block, x, direct, c_q, c_k, c_v, pos_qk):
+_GLOBAL = 2**30  # the window of a global-attention layer in the scan's per-layer array
+
+
+def _kv_proj(cfg, x, w, b):
+    """Per query head, its k (or v) from its own input `x` `(head, seq, d_model)` with its
+    key/value group's weights `w` `(kv_head, d_model, d_head)`."""
+    H, KV = cfg.n_heads, cfg.kv_heads
+    if KV == H:
+        return jnp.einsum("hsd,hde->hse", x, w) + b[:, None, :]
+    G = H // KV
+    xg = x.reshape((KV, G) + x.shape[1:])
+    out = jnp.einsum("gqsd,gde->gqse", xg, w).reshape((H,) + x.shape[1:-1] + (w.shape[-1],))
+    return out + jnp.repeat(b, G, axis=0)[:, None, :]
+
+
+def _rotate(x, rope):
+    """Rotary embedding on the first `rot_dim` dims of `x` `(head, seq, d_head)` (Hugging
+    Face's `rotate_half` layout: pairs `(i, i + rot_dim / 2)`)."""
+    cos, sin = rope
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    turned = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    out = rot * cos + turned * sin
+    return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+
+def _heads(cfg, blk: Block, x, direct, c_q, c_k, c_v, pos_qk, rope=None, window=None):
     """One layer's heads from their mixed inputs `x` `(3, head, seq, d_model)` (q, k, v):
-    LayerNorm, projections, the direct edges (`direct` `(head, 3)` against the corrupted
-    `c_q, c_k, c_v`), attention. Returns each head's result `(head, seq, d_model)` and q, k, v."""
+    norm, projections (k and v per query head, with its key/value group's weights), rotary
+    embeddings, the direct edges (`direct` `(head, 3)` against the corrupted `c_q, c_k, c_v`,
+    i.e. on the rotated q and k), attention (soft-capped, windowed). Returns each head's result
+    `(head, seq, d_model)` (before any post-attention norm) and q, k, v."""
     if blk.ln1 is not None:
         x = blk.ln1(x)
     x_q, x_k, x_v = x[0], x[1], x[2]
     if pos_qk is not None:  # shortformer: positions enter q and k only, outside the graph
         x_q, x_k = x_q + pos_qk, x_k + pos_qk
     q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
-    k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
-    v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
+    k = _kv_proj(cfg, x_k, blk.w_k, blk.b_k)
+    v = _kv_proj(cfg, x_v, blk.w_v, blk.b_v)
+    if rope is not None:
+        q, k = _rotate(q, rope), _rotate(k, rope)
     q = _lerp(direct[:, 0], q, c_q)
     k = _lerp(direct[:, 1], k, c_k)
     v = _lerp(direct[:, 2], v, c_v)
     scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
+    if cfg.attn_softcap is not None:
+        scores = cfg.attn_softcap * jnp.tanh(scores / cfg.attn_softcap)
     if cfg.causal:
         seq = q.shape[1]
-        causal = jnp.tril(jnp.ones((seq, seq), bool))
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        allowed = jnp.tril(jnp.ones((seq, seq), bool))
+        if window is not None:
+            i, j = jnp.arange(seq)[:, None], jnp.arange(seq)[None, :]
+            allowed = allowed & (i - j < window)
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     pattern = jax.nn.softmax(scores, axis=-1)
     z = jnp.einsum("hst,hte->hse", pattern, v)
     return jnp.einsum("hse,hed->hsd", z, blk.w_o), q, k, v
 
 
 def _mlp(cfg, blk: Block, x):
-    """A layer's MLP output from its mixed input `x` `(seq, d_model)`."""
+    """A layer's MLP output from its mixed input `x` `(seq, d_model)` (with a post-MLP norm, if
+    any, applied: it belongs to the MLP node)."""
     if blk.ln2 is not None:
         x = blk.ln2(x)
-    hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
-    return hidden @ blk.w_out + blk.b_out
+    pre = x @ blk.w_in + blk.b_in
+    if blk.w_gate is not None:
+        hidden = _act(cfg.act_fn, x @ blk.w_gate + blk.b_gate) * pre
+    else:
+        hidden = _act(cfg.act_fn, pre)
+    out = hidden @ blk.w_out + blk.b_out
+    if blk.ln_post_mlp is not None:
+        out = blk.ln_post_mlp(out)
+    return out
 
 
 def stack_blocks(model: Transformer) -> Block:
