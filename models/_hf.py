@@ -560,7 +560,7 @@ def hf_transformer_config(
         (identified by `architectures`, or `model_type` when that is absent).
     - `ignore_keys`: extra keys to ignore, for a key you know does not change the forward pass.
 
-    **Returns:** the config; `cfg.graph_shape.n_edges` is the model's edge count.
+    **Returns:** the config; `cfg.graph_shape.n_edges()` is the model's edge count.
 
     **Raises:** `ValueError` for an unsupported architecture (listing the supported ones), and
     one `ValueError` naming every unknown key and every setting that is not implemented.
