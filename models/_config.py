@@ -143,7 +143,9 @@ class TransformerConfig:
         if self.positional not in POSITIONAL:
             problems.append(f"positional must be one of {POSITIONAL}, got {self.positional!r}")
         if self.weight_dtype not in WEIGHT_DTYPES:
-            problems.append(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {self.weight_dtype!r}")
+            problems.append(
+                f"weight_dtype must be one of {WEIGHT_DTYPES}, got {self.weight_dtype!r}"
+            )
         kv = self.n_kv_heads
         if kv is not None:
             if not isinstance(kv, int) or kv < 1:

@@ -719,7 +719,9 @@ class Transformer(eqx.Module):
         if cfg.has_mlp:
             xs["mlp"] = mask.mlp
         if cfg.sliding_window is not None:
-            xs["window"] = jnp.array([_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32)
+            xs["window"] = jnp.array(
+                [_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32
+            )
         online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
         x = read(mask.out, online, shape.n_src, final_bias, L)
         logits = self._unembed(x, logit_positions)
