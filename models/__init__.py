@@ -11,6 +11,11 @@ from ._hf import (
     read_hf_weights as read_hf_weights,
 )
 from ._hf_tokenizer import HFTokenizer as HFTokenizer, load_hf_tokenizer as load_hf_tokenizer
+from ._shard import (
+    model_mesh as model_mesh,
+    shard_weights as shard_weights,
+    weight_partition_specs as weight_partition_specs,
+)
 from ._tl import (
     KNOWN_CONFIGS as KNOWN_CONFIGS,
     from_transformer_lens_state_dict as from_transformer_lens_state_dict,
