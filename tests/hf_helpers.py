@@ -43,8 +43,14 @@ CASES = {
     "neox_sequential": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
-        _common(rotary_pct=0.5, use_parallel_residual=False, attention_bias=False,
-                hidden_act="gelu_new", tie_word_embeddings=True, num_hidden_layers=3),
+        _common(
+            rotary_pct=0.5,
+            use_parallel_residual=False,
+            attention_bias=False,
+            hidden_act="gelu_new",
+            tie_word_embeddings=True,
+            num_hidden_layers=3,
+        ),
         {},
     ),  # fmt: skip
     "llama": (
@@ -53,16 +59,26 @@ CASES = {
         _common(
             num_key_value_heads=2,
             rope_theta=500000.0,
-            rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                              high_freq_factor=4.0, original_max_position_embeddings=16),
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
         ),  # fmt: skip
         {"max_shard_size": "20KB"},
     ),
     "llama_mqa_bias": (
         "LlamaConfig",
         "LlamaForCausalLM",
-        _common(num_key_value_heads=1, attention_bias=True, mlp_bias=True,
-                tie_word_embeddings=True, head_dim=12),
+        _common(
+            num_key_value_heads=1,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=True,
+            head_dim=12,
+        ),
         {},
     ),  # fmt: skip
     "mistral": (
@@ -74,15 +90,27 @@ CASES = {
     "qwen2": (
         "Qwen2Config",
         "Qwen2ForCausalLM",
-        _common(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=True,
-                sliding_window=4, max_window_layers=1, rope_theta=1000000.0),
+        _common(
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+            rope_theta=1000000.0,
+        ),
         {},
     ),  # fmt: skip
     "gemma2": (
         "Gemma2Config",
         "Gemma2ForCausalLM",
-        _common(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=12,
-                attn_logit_softcapping=2.0, final_logit_softcapping=4.0, sliding_window=4),
+        _common(
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=12,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=4.0,
+            sliding_window=4,
+        ),
         {},
     ),  # fmt: skip
 }

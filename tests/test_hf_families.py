@@ -16,7 +16,6 @@ import pytest
 from jacdc._graph import EdgeMask, GraphShape
 from jacdc.models import (
     SUPPORTED_ARCHITECTURES,
-    clean_run,
     hf_transformer_config,
     load_hf,
     load_hf_tokenizer,
@@ -42,17 +41,19 @@ def saved(tmp_path_factory):
 
 
 @eqx.filter_jit
-def _clean_logits(model, toks):
-    return clean_run(model, toks)[0]
-
-
-@eqx.filter_jit
 def _patched_logits(model, toks, mask, corrupted):
     return jax.vmap(lambda t: model(t, mask, corrupted)[0])(toks)
 
 
+def _masked_logits(model, toks, mask):
+    """Logits with `mask` under zero ablation (one compiled function per model config, shared by
+    the clean and the patched runs to keep this file fast)."""
+    corrupted = jax.tree.map(lambda x: x[0], zero_ablation_sources(model, 1, toks.shape[1]))
+    return np.asarray(_patched_logits(model, jnp.asarray(toks), mask, corrupted))
+
+
 def jacdc_logits(model, toks):
-    return np.asarray(_clean_logits(model, jnp.asarray(toks)))
+    return _masked_logits(model, toks, EdgeMask.full(model.graph_shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,7 +87,8 @@ def test_case_coverage(saved):
     assert all(w is None or w < SEQ for c in cfgs.values() for w in c.windows())
     g = cfgs["gemma2"]
     assert g.attn_softcap == 2.0 and g.final_softcap == 4.0 and g.post_norms
-    assert g.attn_scale == pytest.approx(np.sqrt(12)) and g.embed_scale == pytest.approx(np.sqrt(32))
+    assert g.attn_scale == pytest.approx(np.sqrt(12))
+    assert g.embed_scale == pytest.approx(np.sqrt(32))
     # Qwen2 has q/k/v biases and no o bias
     w = read_hf_weights(saved["qwen2"][0])
     assert "model.layers.0.self_attn.q_proj.bias" in w
@@ -206,12 +208,6 @@ def _hooked_logits(ref, toks, hooks):
             h.remove()
 
 
-def _masked_logits(model, toks, mask):
-    corrupted = zero_ablation_sources(model, 1, toks.shape[1])
-    corrupted = jax.tree.map(lambda x: x[0], corrupted)
-    return np.asarray(_patched_logits(model, jnp.asarray(toks), mask, corrupted))
-
-
 @pytest.mark.parametrize("name", ["neox", "llama", "qwen2"])
 def test_head_to_output_edge(saved, name):
     """Removing `head (0, h) -> output` (zero ablation) = subtracting that head's result from
@@ -221,7 +217,7 @@ def test_head_to_output_edge(saved, name):
     cfg, shape = model.cfg, model.graph_shape
     layer, head = 0, 1
     mask = _set(EdgeMask.full(shape), "out", (shape.head_src(layer, head),))
-    toks = tokens(4, batch=2)
+    toks = tokens(4)
     store = {}
 
     def grab(module, args):
@@ -257,7 +253,7 @@ def test_v_input_edge_of_one_query_head(saved, name):
         z[..., head * e : (head + 1) * e] = 0.0
         return (z,)
 
-    toks = tokens(5, batch=2)
+    toks = tokens(5)
     want = _hooked_logits(ref, toks, [(_head_in(ref, name, 0), zero_head)])
     assert np.abs(want - torch_logits(ref, toks)).max() > 1e-2
     np.testing.assert_allclose(_masked_logits(model, toks, mask), want, atol=1e-4, rtol=0)
@@ -283,7 +279,7 @@ def test_parallel_block_mlp_edge(saved):
         return (args[0] - store["delta"],)
 
     layer1 = ref.gpt_neox.layers[1]
-    toks = tokens(6, batch=2)
+    toks = tokens(6)
     want = _hooked_logits(
         ref, toks, [(_head_in(ref, "neox", 0), grab), (layer1.post_attention_layernorm, subtract)]
     )
@@ -426,13 +422,13 @@ def test_unsupported_architecture_lists_supported():
     [
         (LLAMA31_8B, {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn'"),
         (LLAMA31_8B, {"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "'dynamic'"),
-        (LLAMA31_8B, {"hidden_act": "gelu_fast"}, "hidden_act=\"gelu_fast\""),
+        (LLAMA31_8B, {"hidden_act": "gelu_fast"}, 'hidden_act="gelu_fast"'),
         (LLAMA31_8B, {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
         (LLAMA31_8B, {"new_feature": 3}, "unknown key 'new_feature'"),
         (QWEN25_05B, {"use_mrope": True}, "use_mrope=true"),
         (QWEN25_05B, {"layer_types": ["full_attention"] * 3}, "layer_types must list 24"),
         (GEMMA2_2B, {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
-        (GEMMA2_2B, {"hidden_activation": "relu"}, "hidden_activation=\"relu\""),
+        (GEMMA2_2B, {"hidden_activation": "relu"}, 'hidden_activation="relu"'),
         (PYTHIA_70M, {"use_parallel_residual": "yes"}, "use_parallel_residual must be true"),
         (PYTHIA_70M, {"rotary_pct": 0.01}, "rotary dimension 0"),
         (PYTHIA_70M, {"head_dim": 32}, "head_dim=32 must equal"),
