@@ -219,7 +219,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         rope_theta=10000.0,
-        sliding_window=None,
+        sliding_window=4096,  # transformers' default when config.json omits the key
     ),
     "qwen2": dict(
         hidden_act="silu",
@@ -227,7 +227,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         tie_word_embeddings=False,
         rope_theta=10000.0,
         use_sliding_window=False,
-        sliding_window=None,
+        sliding_window=4096,
         max_window_layers=28,
     ),
     "gemma2": dict(

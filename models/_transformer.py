@@ -14,6 +14,12 @@ with the corrupted q the same way. So an all-ones mask is the clean model, an al
 the corrupted run, and zero ablation is `corrupted = Sources.zeros_like(...)` with the q/k/v
 computed from the biases alone ([`jacdc.models.zero_ablation_sources`][]).
 
+The families (rotary positions, grouped-query attention, RMSNorm, gated MLPs, parallel blocks,
+Gemma-2's post-norms, soft-caps and sliding windows) are static options of the config, so both
+paths below are one code path each; `docs/families.md` gives the graph and the meaning of an edge
+for each. With Gemma-2's post-attention norm, the per-layer sum over a layer's heads is normalised
+*per receiver* (the heads are not additive there).
+
 For speed, the forward can start at any *stage* (stage `2l` = layer `l`'s attention, `2l + 1` =
 its MLP, `2L` = the unembedding) given the online outputs of the sources before it, and can
 unembed only the positions a metric reads.
@@ -37,8 +43,10 @@ from ._config import TransformerConfig
 class Sources(eqx.Module):
     """Activations of every source node and every head's q/k/v, for one sequence.
 
-    - `resid`: `(src, seq, d_model)`, what each source writes to the residual stream;
-    - `q`, `k`, `v`: `(layer, head, seq, d_head)`, the vectors the direct edges patch.
+    - `resid`: `(src, seq, d_model)`, what each source writes to the residual stream (a head's
+        result before any post-attention norm; an MLP's output after any post-MLP norm);
+    - `q`, `k`, `v`: `(layer, head, seq, d_head)`, the vectors the direct edges patch: per
+        *query* head (also with grouped-query attention), q and k after rotary embeddings.
     """
 
     resid: Float[Array, "*batch src seq d_model"]

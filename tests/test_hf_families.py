@@ -234,6 +234,39 @@ def test_head_to_output_edge(saved, name):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
+def test_gemma2_head_to_output_edge_through_post_norm(saved):
+    """Gemma-2: heads are the pre-norm results, and each receiver applies the layer's
+    post-attention norm to its own mixed sum of them. Removing `head (0, h) -> output` (zero
+    ablation) = replacing, in the final residual only, `post_norm(attn_0)` by
+    `post_norm(attn_0 - z_h W_O[h])`; the next layer still reads the clean sum."""
+    folder, ref = saved["gemma2"]
+    model = load_hf(folder)
+    cfg, shape = model.cfg, model.graph_shape
+    head = 1
+    mask = _set(EdgeMask.full(shape), "out", (shape.head_src(0, head),))
+    o_proj = ref.model.layers[0].self_attn.o_proj
+    post = ref.model.layers[0].post_attention_layernorm
+    store = {}
+
+    def grab(module, args, output):
+        head_out = _head_result(module, args[0], head, cfg.d_head)
+        store["delta"] = post(output - head_out) - post(output)
+
+    def patch(module, args):
+        return (args[0] + store["delta"],)
+
+    toks = tokens(8)
+    handles = [o_proj.register_forward_hook(grab),
+               ref.model.norm.register_forward_pre_hook(patch)]  # fmt: skip
+    try:
+        want = torch_logits(ref, toks)
+    finally:
+        for h in handles:
+            h.remove()
+    assert np.abs(want - torch_logits(ref, toks)).max() > 1e-2
+    np.testing.assert_allclose(_masked_logits(model, toks, mask), want, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["llama", "gemma2"])
 def test_v_input_edge_of_one_query_head(saved, name):
     """Layer 0: removing `embed -> v input of query head h` (zero ablation, no v bias) makes
