@@ -13,6 +13,7 @@ from ._hf import (
 from ._hf_tokenizer import HFTokenizer as HFTokenizer, load_hf_tokenizer as load_hf_tokenizer
 from ._shard import (
     model_mesh as model_mesh,
+    shard_params as shard_params,
     shard_weights as shard_weights,
     weight_partition_specs as weight_partition_specs,
 )

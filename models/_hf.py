@@ -748,7 +748,7 @@ def _params(
         w_e = get("gpt_neox.embed_in.weight")
         ln_final = (get("gpt_neox.final_layer_norm.weight"), get("gpt_neox.final_layer_norm.bias"))
         w_u = np.ascontiguousarray((w_e if spec.tied else get("embed_out.weight")).T)
-        return dict(w_e=w_e, blocks=blocks, ln_final=ln_final, w_u=w_u)
+        return dict(w_e=w_e, blocks=blocks, ln_final=ln_final, w_u=w_u, b_u=zeros(cfg.d_vocab))
 
     gemma = spec.family == "gemma2"
 
@@ -789,7 +789,8 @@ def _params(
         blocks.append(block)
     w_e = get("model.embed_tokens.weight")
     w_u = np.ascontiguousarray((w_e if spec.tied else get("lm_head.weight")).T)
-    return dict(w_e=w_e, blocks=blocks, ln_final=norm("model.norm.weight"), w_u=w_u)
+    ln_final = norm("model.norm.weight")
+    return dict(w_e=w_e, blocks=blocks, ln_final=ln_final, w_u=w_u, b_u=zeros(cfg.d_vocab))
 
 
 _DTYPES = {None: None, "float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
@@ -839,6 +840,7 @@ def load_hf(
     source: str | os.PathLike,
     *,
     dtype: str | None = None,
+    mesh=None,
     ignore_config_keys: Iterable[str] = (),
 ) -> Transformer:
     """Loads a Hugging Face causal LM checkpoint into a [`jacdc.models.Transformer`][].
@@ -855,6 +857,10 @@ def load_hf(
         default), `"bfloat16"` or `"float16"` (kept in that dtype, e.g. for an 8B model on an
         accelerator; activations and accumulation stay float32). Recorded in
         `model.cfg.weight_dtype`.
+    - `mesh`: a [`jax.sharding.Mesh`][] with a `"model"` axis (e.g.
+        [`jacdc.models.model_mesh`][]): every weight goes from the host straight to its shards,
+        split as by [`jacdc.models.shard_weights`][] (for a model too large for one device).
+        `None`: the default device.
     - `ignore_config_keys`: `config.json` keys to ignore beyond the built-in list.
 
     **Returns:** the model, with the raw weights (no folding), so its float32 logits equal
@@ -877,7 +883,12 @@ def load_hf(
             raise ValueError("load_hf: GPT-2 checkpoints load in float32 only (dtype=None).")
         from ._gpt2 import load_gpt2
 
-        return load_gpt2(folder, ignore_config_keys=ignore_config_keys)
+        model = load_gpt2(folder, ignore_config_keys=ignore_config_keys)
+        if mesh is not None:
+            from ._shard import shard_weights
+
+            model = shard_weights(model, mesh)
+        return model
     tensors = read_hf_weights(folder)
     _check_tensors(tensors, cfg, spec, folder)
     if dtype is None or dtype == "float32":
@@ -890,5 +901,9 @@ def load_hf(
         store = np.float16
     get = lambda name: np.asarray(tensors[name], dtype=store)
     params = _params(tensors, cfg, spec, get)
+    if mesh is not None:
+        from ._shard import shard_params
+
+        params = shard_params(params, mesh, dtype=store)
     cfg = dataclasses.replace(cfg, weight_dtype=dtype or "float32")
     return Transformer.from_params(cfg, **params)

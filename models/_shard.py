@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ._transformer import Transformer
 
 
-__all__ = ["MODEL_AXIS", "model_mesh", "shard_weights", "weight_partition_specs"]
+__all__ = ["MODEL_AXIS", "model_mesh", "shard_params", "shard_weights", "weight_partition_specs"]
 
 MODEL_AXIS = "model"
 
@@ -133,3 +133,29 @@ def shard_weights(model: Transformer, mesh: Mesh, axis: str = MODEL_AXIS) -> Tra
         for x, spec in zip(leaves, spec_leaves)
     ]
     return jax.tree_util.tree_unflatten(treedef, placed)
+
+
+def shard_params(params, mesh: Mesh, axis: str = MODEL_AXIS, dtype=None):
+    """The `Transformer.from_params` keyword arguments (a dict of host arrays, `blocks` a list of
+    dicts) placed on `mesh` by the same rules as [`shard_weights`][], straight from the host:
+    each device receives only its shards, so a model larger than one device never lands on one.
+    `dtype`: cast every floating array to it first (e.g. `ml_dtypes.bfloat16`)."""
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"The mesh has axes {mesh.axis_names}, no {axis!r} axis to shard the weights over; "
+            "build one with `jacdc.models.model_mesh`."
+        )
+    n = int(mesh.shape[axis])
+
+    def one(path, x):
+        if not isinstance(x, (jax.Array, np.ndarray)):
+            return x
+        if dtype is not None and np.issubdtype(np.asarray(x).dtype, np.floating):
+            x = np.asarray(x).astype(dtype)
+        key = getattr(path[-1], "key", None) if path else None
+        spec = _spec(key if isinstance(key, str) else None, x, n)
+        if axis != MODEL_AXIS and spec != P():
+            spec = P(*(axis if s == MODEL_AXIS else s for s in spec))
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    return jax.tree_util.tree_map_with_path(one, params)

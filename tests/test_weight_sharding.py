@@ -61,6 +61,11 @@ EIGHT_DEVICES = textwrap.dedent(
         one = np.asarray(jax.jit(lambda m, t: clean_run(m, t)[0])(model, tokens))
         many = np.asarray(jax.jit(lambda m, t: clean_run(m, t)[0])(sharded, tokens))
         r["logit_diff"] = float(np.abs(one - many).max())
+        direct = load_hf(folder, mesh=mesh)  # host -> shards, never all on one device
+        r["direct_same"] = all(
+            x.sharding.is_equivalent_to(y.sharding, x.ndim) and bool(np.array_equal(x, y))
+            for x, y in zip(jax.tree.leaves(sharded), jax.tree.leaves(direct))
+        )
         r["logit_scale"] = float(np.abs(one).max())
         positions = jnp.array([9, 10, 11])
         task = Task(clean=tokens, corrupted=tokens[::-1], corrupted_positions=None,
@@ -106,6 +111,8 @@ def test_weights_are_split_over_the_model_axis(eight_device_results):
     assert llama["w_u"] == [[32, 61], [32, 61]]  # 61 is prime: replicated
     assert neox["w_k"] == [[4, 32, 8], [1, 32, 8]]  # no GQA: kv heads split too
     assert llama["n_devices_w_q"] == 8  # split over model, replicated over batch
+    # load_hf(mesh=...) places the same way, straight from the host
+    assert llama["direct_same"] and neox["direct_same"]
 
 
 @pytest.mark.parametrize("name", ["llama", "neox"])
