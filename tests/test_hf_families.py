@@ -495,6 +495,46 @@ def test_missing_and_wrong_tensors(saved, tmp_path):
     assert "model.layers.0.self_attn.q_proj.weight: shape (3, 3)" in str(err.value)
 
 
+def test_buffers_and_redundant_head_are_ignored(saved, tmp_path):
+    """Older exports carry buffers (`rotary_emb.inv_freq`, NeoX's `attention.bias` /
+    `masked_bias`) and tied models sometimes a copy of the embedding as the head: ignored."""
+    from safetensors.numpy import load_file, save_file
+
+    folder, ref = saved["neox_sequential"]  # tied
+    copy_ = tmp_path / "neox"
+    shutil.copytree(folder, copy_)
+    tensors = load_file(copy_ / "model.safetensors")
+    p = "gpt_neox.layers.0.attention."
+    tensors[p + "bias"] = np.tril(np.ones((1, 1, 4, 4), bool))
+    tensors[p + "masked_bias"] = np.array(-1e9, np.float32)
+    tensors[p + "rotary_emb.inv_freq"] = np.ones(2, np.float32)
+    tensors["embed_out.weight"] = tensors["gpt_neox.embed_in.weight"]
+    save_file(tensors, copy_ / "model.safetensors")
+    toks = tokens(9)
+    np.testing.assert_allclose(
+        jacdc_logits(load_hf(copy_), toks), torch_logits(ref, toks), atol=1e-4, rtol=0
+    )
+
+
+def test_hub_id_download(monkeypatch, saved):
+    """A Hub id goes through `snapshot_download` (config, safetensors, index, tokenizer)."""
+    import huggingface_hub
+
+    folder, ref = saved["llama"]  # sharded
+    calls = []
+
+    def fake(repo_id, allow_patterns):
+        calls.append((repo_id, allow_patterns))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    model = load_hf("meta-llama/Llama-tiny")
+    assert calls[0][0] == "meta-llama/Llama-tiny"
+    assert {"config.json", "*.safetensors", "model.safetensors.index.json"} <= set(calls[0][1])
+    toks = tokens(10)
+    np.testing.assert_allclose(jacdc_logits(model, toks), torch_logits(ref, toks), atol=1e-4)
+
+
 def test_missing_files(tmp_path, saved):
     with pytest.raises(FileNotFoundError, match="No config.json"):
         load_hf(tmp_path)
