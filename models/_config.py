@@ -167,6 +167,12 @@ class TransformerConfig:
             if self.positional != "rotary":
                 problems.append(f"rope_scaling given, but positional={self.positional!r}")
             raw = self.rope_scaling
+            theta = dict(raw).get("rope_theta") if isinstance(raw, (dict, tuple)) else None
+            if theta is not None and float(theta) != float(self.rope_theta):
+                problems.append(
+                    f"rope_scaling holds rope_theta={theta}, but rope_theta={self.rope_theta}: "
+                    "set rope_theta to the checkpoint's value"
+                )
             try:
                 key = rope_scaling_key(dict(raw))
             except (TypeError, ValueError) as err:

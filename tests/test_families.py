@@ -619,6 +619,8 @@ def test_bad_configs_name_the_problem():
     with pytest.raises(ValueError, match="rope_scaling type 'yarn' is not implemented; "
                        "supported: \\('default', 'linear', 'llama3'\\)"):  # fmt: skip
         TransformerConfig(**base, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match="rope_scaling holds rope_theta=500000.0, but rope_theta"):
+        TransformerConfig(**base, rope_scaling={"rope_type": "default", "rope_theta": 500000.0})
     with pytest.raises(ValueError, match="needs the keys \\['low_freq_factor'"):
         TransformerConfig(**base, rope_scaling={"rope_type": "llama3", "factor": 8.0})
     with pytest.raises(
