@@ -12,7 +12,8 @@ before the final LayerNorm and unembedding).
 
 **Edges** (the ones ACDC counts):
 
-- ADDITION: every source to every later receiver. A head feeds its own layer's MLP input; an MLP
+- ADDITION: every source to every later receiver. A head feeds its own layer's MLP input (not in
+  *parallel* blocks, GPT-NeoX's, where attention and MLP read the same residual stream); an MLP
   feeds the next layers and the output; the embeddings feed every receiver.
 - DIRECT: per head, `q_input -> q`, `k_input -> k`, `v_input -> v`. Removing one substitutes the
   head's corrupted q, k or v vector.
@@ -42,19 +43,22 @@ QKV = ("q", "k", "v")
 
 @dataclasses.dataclass(frozen=True)
 class GraphShape:
-    """What the graph depends on: nothing but these four numbers.
+    """What the graph depends on: nothing but these five numbers.
 
     **Arguments:**
 
-    - `n_layers`, `n_heads`: the transformer's depth and heads per layer.
+    - `n_layers`, `n_heads`: the transformer's depth and (query) heads per layer.
     - `has_mlp`: whether each layer has an MLP (False for attention-only models).
     - `n_embed`: number of embedding source nodes: 1, or 2 (token and position) for tracr.
+    - `parallel`: parallel attention and MLP blocks (GPT-NeoX): a layer's MLP input does not
+        read that layer's heads.
     """
 
     n_layers: int
     n_heads: int
     has_mlp: bool
     n_embed: int = 1
+    parallel: bool = False
 
     def __post_init__(self):
         if self.n_layers < 1 or self.n_heads < 1:
@@ -90,8 +94,21 @@ class GraphShape:
         return self.n_embed + layer * self.per_layer
 
     def n_src_before_mlp(self, layer: int) -> int:
-        """Number of sources that layer `layer`'s MLP input can read (includes its own heads)."""
-        return self.n_embed + layer * self.per_layer + self.n_heads
+        """Number of sources that layer `layer`'s MLP input can read (includes its own heads,
+        except in parallel blocks)."""
+        return self.n_embed + layer * self.per_layer + (0 if self.parallel else self.n_heads)
+
+    def n_src_before_stage(self, stage: int) -> int:
+        """Number of sources written before `stage` (`2 l`: layer `l`'s attention, `2 l + 1`:
+        its MLP, `2 L`: the output) in source order: the prefix a forward restarted at `stage`
+        reads. For an MLP stage it includes the layer's heads, also in parallel blocks (they
+        are computed before the MLP writes, and the MLP stage does not change them)."""
+        if stage <= 0:
+            return 0
+        if stage >= 2 * self.n_layers:
+            return self.n_src
+        layer, part = divmod(stage, 2)
+        return self.n_src_before_layer(layer) + part * self.n_heads
 
     def src_layer(self, src: int) -> int:
         """The layer of a source; -1 for embeddings."""
@@ -124,8 +141,9 @@ class GraphShape:
     def n_edges(self) -> int:
         """The counted edge total (ADDITION + DIRECT), by the closed formula of the reference."""
         L, H, m, E = self.n_layers, self.n_heads, int(self.has_mlp), self.n_embed
+        own = 0 if self.parallel else 1  # does a layer's MLP read that layer's heads?
         add_qkv = 3 * H * (L * E + (H + m) * L * (L - 1) // 2)
-        add_mlp = m * (L * E + H * L * (L + 1) // 2 + m * L * (L - 1) // 2)
+        add_mlp = m * (L * E + H * L * (L - 1 + 2 * own) // 2 + m * L * (L - 1) // 2)
         add_out = E + L * H + m * L
         return add_qkv + add_mlp + add_out + 3 * H * L
 

@@ -3,6 +3,20 @@ checkpoints, tracr)."""
 
 from ._config import TransformerConfig as TransformerConfig
 from ._gpt2 import gpt2_config as gpt2_config, load_gpt2 as load_gpt2
+from ._hf import (
+    SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES,
+    hf_transformer_config as hf_transformer_config,
+    load_hf as load_hf,
+    load_hf_config as load_hf_config,
+    read_hf_weights as read_hf_weights,
+)
+from ._hf_tokenizer import HFTokenizer as HFTokenizer, load_hf_tokenizer as load_hf_tokenizer
+from ._shard import (
+    model_mesh as model_mesh,
+    shard_params as shard_params,
+    shard_weights as shard_weights,
+    weight_partition_specs as weight_partition_specs,
+)
 from ._tl import (
     KNOWN_CONFIGS as KNOWN_CONFIGS,
     from_transformer_lens_state_dict as from_transformer_lens_state_dict,

@@ -16,7 +16,6 @@ settings, metadata). Anything else is reported, with all other problems, in one 
 """
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ import numpy as np
 from jaxtyping import Float
 
 from ._config import TransformerConfig
+from ._safetensors import read_safetensors
 from ._transformer import Transformer
 
 
@@ -312,79 +312,9 @@ def _check_architecture(hf_config: Mapping[str, Any], where: str) -> None:
 # model.safetensors
 
 
-def _bfloat16():
-    import ml_dtypes  # a dependency of jax
-
-    return ml_dtypes.bfloat16
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": None,  # resolved lazily through ml_dtypes
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Reads a `.safetensors` file into read-only numpy arrays (memory-mapped).
-
-    The format is an 8-byte little-endian header length `N`, `N` bytes of JSON mapping each
-    tensor name to `{dtype, shape, data_offsets: [begin, end]}` (offsets into the byte buffer that
-    follows the header), then that buffer. Read directly (not through `safetensors.numpy`) so that
-    a truncated file is reported with sizes, and bfloat16 tensors load without torch.
-    """
-    size = path.stat().st_size
-    fix = f"Re-download {path.name} (the copy at {path} is truncated or corrupt)."
-    if size < 8:
-        raise ValueError(f"{path} is {size} bytes, too short to be a safetensors file. {fix}")
-    with open(path, "rb") as f:
-        n_header = int.from_bytes(f.read(8), "little")
-        if n_header > size - 8:
-            raise ValueError(
-                f"{path} is truncated: its header claims {n_header} bytes but the file has only "
-                f"{size} bytes in total. {fix}"
-            )
-        try:
-            header = json.loads(f.read(n_header).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} has an unreadable safetensors header ({err}). {fix}") from err
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} has a malformed safetensors header. {fix}")
-    header.pop("__metadata__", None)
-    start = 8 + n_header
-    need = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-    if start + need > size:
-        raise ValueError(
-            f"{path} is truncated: its header describes {start + need} bytes of data but the file "
-            f"has only {size} bytes. {fix}"
-        )
-    if need:
-        buffer = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(need,))
-    else:
-        buffer = np.zeros((0,), np.uint8)
-    out = {}
-    for name, info in header.items():
-        dtype_name = info["dtype"]
-        if dtype_name not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}.")
-        dtype = np.dtype(_bfloat16() if dtype_name == "BF16" else _SAFETENSORS_DTYPES[dtype_name])
-        begin, end = (int(o) for o in info["data_offsets"])
-        shape = tuple(int(s) for s in info["shape"])
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise ValueError(
-                f"{path}: tensor {name!r} has {end - begin} bytes of data for shape {shape} "
-                f"{dtype_name}. {fix}"
-            )
-        data = buffer[begin:end]
-        out[name] = data.view(dtype).reshape(shape)
-    return out
+# The reader lives in `_safetensors` (shared with the other loaders); the old private name stays
+# for the modules that import it from here.
+_read_safetensors = read_safetensors
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,12 @@ with the corrupted q the same way. So an all-ones mask is the clean model, an al
 the corrupted run, and zero ablation is `corrupted = Sources.zeros_like(...)` with the q/k/v
 computed from the biases alone ([`jacdc.models.zero_ablation_sources`][]).
 
+The families (rotary positions, grouped-query attention, RMSNorm, gated MLPs, parallel blocks,
+Gemma-2's post-norms, soft-caps and sliding windows) are static options of the config, so both
+paths below are one code path each; `docs/families.md` gives the graph and the meaning of an edge
+for each. With Gemma-2's post-attention norm, the per-layer sum over a layer's heads is normalised
+*per receiver* (the heads are not additive there).
+
 For speed, the forward can start at any *stage* (stage `2l` = layer `l`'s attention, `2l + 1` =
 its MLP, `2L` = the unembedding) given the online outputs of the sources before it, and can
 unembed only the positions a metric reads.
@@ -37,8 +43,10 @@ from ._config import TransformerConfig
 class Sources(eqx.Module):
     """Activations of every source node and every head's q/k/v, for one sequence.
 
-    - `resid`: `(src, seq, d_model)`, what each source writes to the residual stream;
-    - `q`, `k`, `v`: `(layer, head, seq, d_head)`, the vectors the direct edges patch.
+    - `resid`: `(src, seq, d_model)`, what each source writes to the residual stream (a head's
+        result before any post-attention norm; an MLP's output after any post-MLP norm);
+    - `q`, `k`, `v`: `(layer, head, seq, d_head)`, the vectors the direct edges patch: per
+        *query* head (also with grouped-query attention), q and k after rotary embeddings.
     """
 
     resid: Float[Array, "*batch src seq d_model"]
@@ -58,34 +66,57 @@ class LayerNorm(eqx.Module):
         return x * scale * self.w + self.b
 
 
+class RMSNorm(eqx.Module):
+    """`x * rsqrt(mean(x^2) + eps) * w` (Llama, Mistral, Qwen2; Gemma's `(1 + w)` form is
+    stored as `w' = 1 + w`)."""
+
+    w: Float[Array, " d_model"]
+    eps: float = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "... d_model"]) -> Float[Array, "... d_model"]:
+        scale = jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        return x * scale * self.w
+
+
+Norm = LayerNorm | RMSNorm
+
+
 class Block(eqx.Module):
     """One layer's weights, in TransformerLens names and layouts.
 
-    `w_q, w_k, w_v`: `(head, d_model, d_head)`; `w_o`: `(head, d_head, d_model)`;
-    `w_in`: `(d_model, d_mlp)`; `w_out`: `(d_mlp, d_model)`.
+    `w_q`: `(head, d_model, d_head)`; `w_k, w_v`: `(kv_head, d_model, d_head)` (`kv_head =
+    n_kv_heads`, `n_heads` without grouped-query attention); `w_o`: `(head, d_head, d_model)`;
+    `w_in`, `w_gate`: `(d_model, d_mlp)`; `w_out`: `(d_mlp, d_model)`. Absent biases are zeros.
+    `ln_post_attn` / `ln_post_mlp`: Gemma-2's post-attention / post-MLP norms (else `None`).
     """
 
-    ln1: LayerNorm | None
+    ln1: Norm | None
     w_q: Float[Array, "head d_model d_head"]
     b_q: Float[Array, "head d_head"]
-    w_k: Float[Array, "head d_model d_head"]
-    b_k: Float[Array, "head d_head"]
-    w_v: Float[Array, "head d_model d_head"]
-    b_v: Float[Array, "head d_head"]
+    w_k: Float[Array, "kv_head d_model d_head"]
+    b_k: Float[Array, "kv_head d_head"]
+    w_v: Float[Array, "kv_head d_model d_head"]
+    b_v: Float[Array, "kv_head d_head"]
     w_o: Float[Array, "head d_head d_model"]
     b_o: Float[Array, " d_model"]
-    ln2: LayerNorm | None
+    ln2: Norm | None
     w_in: Float[Array, "d_model d_mlp"] | None
     b_in: Float[Array, " d_mlp"] | None
     w_out: Float[Array, "d_mlp d_model"] | None
     b_out: Float[Array, " d_model"] | None
+    w_gate: Float[Array, "d_model d_mlp"] | None = None
+    b_gate: Float[Array, " d_mlp"] | None = None
+    ln_post_attn: Norm | None = None
+    ln_post_mlp: Norm | None = None
 
 
 def _act(name: str, x):
-    if name == "gelu_new":
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
         return jax.nn.gelu(x, approximate=True)
     if name == "gelu":
         return jax.nn.gelu(x, approximate=False)
+    if name == "silu":
+        return jax.nn.silu(x)
     return jax.nn.relu(x)
 
 
@@ -104,8 +135,13 @@ def _mix(
     )
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
 class Transformer(eqx.Module):
-    """GPT-2-style, attention-only (shortformer) and tracr transformers with edge masks.
+    """The edge-masked transformer of every supported family (GPT-2, attention-only
+    shortformer, tracr, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Gemma-2), set by its
+    [`jacdc.models.TransformerConfig`][] (see `docs/families.md`).
 
     `__call__` works on **one sequence**; batch with
     `jax.vmap(model, in_axes=(0, None, 0))` (one mask for the batch) or `in_axes=(0, 0, 0)`.
@@ -113,15 +149,15 @@ class Transformer(eqx.Module):
 
     cfg: TransformerConfig = eqx.field(static=True)
     w_e: Float[Array, "d_vocab d_model"]
-    w_pos: Float[Array, "n_ctx d_model"]
+    w_pos: Float[Array, "n_ctx d_model"] | None
     blocks: tuple[Block, ...]
-    ln_final: LayerNorm | None
+    ln_final: Norm | None
     w_u: Float[Array, "d_model d_vocab_out"]
     b_u: Float[Array, " d_vocab_out"]
 
     def __init__(self, cfg: TransformerConfig, *, key: PRNGKeyArray, init_std: float = 0.02):
         """Random initialisation (normal with `init_std`, biases small and non-zero so that
-        tests see them).
+        tests see them; every weight the config has is initialised).
 
         **Arguments:**
 
@@ -130,32 +166,36 @@ class Transformer(eqx.Module):
         - `init_std`: standard deviation of the weights.
         """
         self.cfg = cfg
-        keys = iter(jr.split(key, 8 + 16 * cfg.n_layers))
+        keys = iter(jr.split(key, 8 + 24 * cfg.n_layers))
+        dtype = _DTYPES[cfg.weight_dtype]
 
         def normal(shape, std=init_std):
-            return std * jr.normal(next(keys), shape, jnp.float32)
+            return (std * jr.normal(next(keys), shape, jnp.float32)).astype(dtype)
 
-        d, e, H = cfg.d_model, cfg.d_head, cfg.n_heads
+        d, e, H, KV = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.kv_heads
         self.w_e = normal((cfg.d_vocab, d), 1.0 if cfg.normalization == "none" else init_std * 5)
-        self.w_pos = normal((cfg.n_ctx, d), init_std * 5)
+        self.w_pos = normal((cfg.n_ctx, d), init_std * 5) if cfg.has_pos_table else None
 
         def ln():
             if cfg.normalization == "none":
                 return None
+            if cfg.normalization == "RMS":
+                return RMSNorm(1.0 + normal((d,), 0.1), cfg.ln_eps)
             return LayerNorm(1.0 + normal((d,), 0.1), normal((d,), 0.1), cfg.ln_eps)
 
         blocks = []
         for _ in range(cfg.n_layers):
             has = cfg.has_mlp
+            gated = has and cfg.gated_mlp
             blocks.append(
                 Block(
                     ln1=ln(),
                     w_q=normal((H, d, e), d**-0.5),
                     b_q=normal((H, e), 0.1),
-                    w_k=normal((H, d, e), d**-0.5),
-                    b_k=normal((H, e), 0.1),
-                    w_v=normal((H, d, e), d**-0.5),
-                    b_v=normal((H, e), 0.1),
+                    w_k=normal((KV, d, e), d**-0.5),
+                    b_k=normal((KV, e), 0.1),
+                    w_v=normal((KV, d, e), d**-0.5),
+                    b_v=normal((KV, e), 0.1),
                     w_o=normal((H, e, d), (H * e) ** -0.5),
                     b_o=normal((d,), 0.1),
                     ln2=ln() if has else None,
@@ -163,6 +203,10 @@ class Transformer(eqx.Module):
                     b_in=normal((cfg.d_mlp,), 0.1) if has else None,
                     w_out=normal((cfg.d_mlp, d), cfg.d_mlp**-0.5) if has else None,
                     b_out=normal((d,), 0.1) if has else None,
+                    w_gate=normal((d, cfg.d_mlp), d**-0.5) if gated else None,
+                    b_gate=normal((cfg.d_mlp,), 0.1) if gated else None,
+                    ln_post_attn=ln() if cfg.post_norms else None,
+                    ln_post_mlp=ln() if cfg.post_norms and has else None,
                 )
             )
         self.blocks = tuple(blocks)
@@ -176,44 +220,71 @@ class Transformer(eqx.Module):
         cfg: TransformerConfig,
         *,
         w_e,
-        w_pos,
+        w_pos=None,
         blocks: list[dict],
-        ln_final: tuple | None,
+        ln_final,
         w_u,
         b_u=None,
     ) -> "Transformer":
         """Builds a model from explicit weights (TransformerLens layouts; see [`Block`][]).
 
-        Each element of `blocks` is a dict with the keys of `Block` (`ln1`/`ln2` as
-        `(w, b)` pairs or `None`). Shapes are checked against `cfg`, and every mismatch is
-        reported in one message.
+        Each element of `blocks` is a dict with the keys of `Block`. Norms (`ln1`, `ln2`,
+        `ln_post_attn`, `ln_post_mlp`, and `ln_final`) are `(w, b)` pairs for LayerNorm and
+        `(w, None)` (or `w` alone) for RMSNorm, or `None` where the config has none. Biases
+        (`b_q, b_k, b_v, b_o, b_in, b_gate, b_out`, `b_u`) may be `None` or left out: zeros, which
+        is exact. `w_pos` is `None` unless the config has a learned position table. Arrays
+        (NumPy, including `ml_dtypes.bfloat16`, or JAX) are cast to `cfg.weight_dtype`; a JAX
+        array that already has it is kept as it is (its placement too). Shapes are checked
+        against `cfg`, and every mismatch is reported in one message.
         """
-        d, e, H, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp
-        f32 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float32))
+        d, e, H, m, KV = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp, cfg.kv_heads
+        dtype = _DTYPES[cfg.weight_dtype]
         problems: list[str] = []
 
-        def check(name, x, shape):
+        def cast(x):
+            if isinstance(x, jax.Array) and x.dtype == dtype:
+                return x
+            if not isinstance(x, jax.Array):
+                x = np.asarray(x)
+                if x.dtype.kind not in "fiu" and x.dtype.name != "bfloat16":
+                    raise TypeError(f"expected a numeric array, got dtype {x.dtype}")
+            return jnp.asarray(x).astype(dtype)
+
+        def check(name, x, shape, bias=False):
             if x is None:
-                if shape is not None:
+                if shape is not None and not bias:
                     problems.append(f"{name}: missing, expected shape {shape}")
+                if shape is not None and bias:
+                    return jnp.zeros(shape, dtype)
                 return None
             if shape is None:
                 problems.append(f"{name}: given, but this config has no such weight")
                 return None
             if tuple(np.shape(x)) != tuple(shape):
                 problems.append(f"{name}: shape {tuple(np.shape(x))}, expected {tuple(shape)}")
-            return f32(x)
-
-        def make_ln(name, pair):
-            if cfg.normalization == "none":
-                if pair is not None:
-                    problems.append(f"{name}: given, but normalization='none'")
                 return None
-            if pair is None:
-                problems.append(f"{name}: missing LayerNorm weights")
+            return cast(x)
+
+        def make_norm(name, given, wanted=True):
+            if cfg.normalization == "none" or not wanted:
+                if given is not None:
+                    why = "normalization='none'" if wanted else "this config has no such norm"
+                    problems.append(f"{name}: given, but {why}")
+                return None
+            if given is None:
+                problems.append(f"{name}: missing {cfg.normalization} norm weights")
+                return None
+            if cfg.normalization == "RMS":
+                if isinstance(given, (tuple, list)):
+                    if len(given) == 2 and given[1] is not None:
+                        problems.append(f"{name}.b: given, but RMSNorm has no bias")
+                    given = given[0]
+                return RMSNorm(check(f"{name}.w", given, (d,)), cfg.ln_eps)
+            if not isinstance(given, (tuple, list)) or len(given) != 2:
+                problems.append(f"{name}: expected a (w, b) LayerNorm pair")
                 return None
             return LayerNorm(
-                check(f"{name}.w", pair[0], (d,)), check(f"{name}.b", pair[1], (d,)), cfg.ln_eps
+                check(f"{name}.w", given[0], (d,)), check(f"{name}.b", given[1], (d,)), cfg.ln_eps
             )
 
         if len(blocks) != cfg.n_layers:
@@ -222,32 +293,45 @@ class Transformer(eqx.Module):
         for i, blk in enumerate(blocks):
             p = f"blocks.{i}"
             has = cfg.has_mlp
+            gated = has and cfg.gated_mlp
             unknown = set(blk) - set(Block.__dataclass_fields__)
             if unknown:
                 problems.append(f"{p}: unknown weights {sorted(unknown)}")
+
+            def w(name, shape, bias=False, blk=blk, p=p):
+                return check(f"{p}.{name}", blk.get(name), shape, bias)
+
             built.append(
                 Block(
-                    ln1=make_ln(f"{p}.ln1", blk.get("ln1")),
-                    w_q=check(f"{p}.w_q", blk.get("w_q"), (H, d, e)),
-                    b_q=check(f"{p}.b_q", blk.get("b_q"), (H, e)),
-                    w_k=check(f"{p}.w_k", blk.get("w_k"), (H, d, e)),
-                    b_k=check(f"{p}.b_k", blk.get("b_k"), (H, e)),
-                    w_v=check(f"{p}.w_v", blk.get("w_v"), (H, d, e)),
-                    b_v=check(f"{p}.b_v", blk.get("b_v"), (H, e)),
-                    w_o=check(f"{p}.w_o", blk.get("w_o"), (H, e, d)),
-                    b_o=check(f"{p}.b_o", blk.get("b_o"), (d,)),
-                    ln2=make_ln(f"{p}.ln2", blk.get("ln2")) if has else None,
-                    w_in=check(f"{p}.w_in", blk.get("w_in"), (d, m) if has else None),
-                    b_in=check(f"{p}.b_in", blk.get("b_in"), (m,) if has else None),
-                    w_out=check(f"{p}.w_out", blk.get("w_out"), (m, d) if has else None),
-                    b_out=check(f"{p}.b_out", blk.get("b_out"), (d,) if has else None),
+                    ln1=make_norm(f"{p}.ln1", blk.get("ln1")),
+                    w_q=w("w_q", (H, d, e)),
+                    b_q=w("b_q", (H, e), True),
+                    w_k=w("w_k", (KV, d, e)),
+                    b_k=w("b_k", (KV, e), True),
+                    w_v=w("w_v", (KV, d, e)),
+                    b_v=w("b_v", (KV, e), True),
+                    w_o=w("w_o", (H, e, d)),
+                    b_o=w("b_o", (d,), True),
+                    ln2=make_norm(f"{p}.ln2", blk.get("ln2"), has),
+                    w_in=w("w_in", (d, m) if has else None),
+                    b_in=w("b_in", (m,) if has else None, True),
+                    w_out=w("w_out", (m, d) if has else None),
+                    b_out=w("b_out", (d,) if has else None, True),
+                    w_gate=w("w_gate", (d, m) if gated else None),
+                    b_gate=w("b_gate", (m,) if gated else None, True),
+                    ln_post_attn=make_norm(
+                        f"{p}.ln_post_attn", blk.get("ln_post_attn"), cfg.post_norms
+                    ),
+                    ln_post_mlp=make_norm(
+                        f"{p}.ln_post_mlp", blk.get("ln_post_mlp"), cfg.post_norms and has
+                    ),
                 )
             )
         w_e = check("w_e", w_e, (cfg.d_vocab, d))
-        w_pos = check("w_pos", w_pos, (cfg.n_ctx, d))
-        lnf = make_ln("ln_final", ln_final)
+        w_pos = check("w_pos", w_pos, (cfg.n_ctx, d) if cfg.has_pos_table else None)
+        lnf = make_norm("ln_final", ln_final)
         w_u = check("w_u", w_u, (d, cfg.vocab_out))
-        b_u = check("b_u", np.zeros(cfg.vocab_out) if b_u is None else b_u, (cfg.vocab_out,))
+        b_u = check("b_u", b_u, (cfg.vocab_out,), True)
         if problems:
             raise ValueError(
                 "Weights do not fit the config:\n  "
@@ -337,12 +421,15 @@ class Transformer(eqx.Module):
 
     def embed(self, tokens, positions) -> list[Float[Array, "seq d_model"]]:
         """The embedding source outputs (one or two of them)."""
-        tok = self.w_e[tokens]
-        pos = self.w_pos[positions]
-        if self.cfg.positional == "standard":
-            return [tok + pos]
-        if self.cfg.positional == "shortformer":
+        cfg = self.cfg
+        tok = self.w_e[tokens].astype(jnp.float32)
+        if cfg.embed_scale is not None:
+            tok = tok * jnp.float32(cfg.embed_scale)
+        if not cfg.has_pos_table or cfg.positional == "shortformer":
             return [tok]
+        pos = self.w_pos[positions].astype(jnp.float32)
+        if cfg.positional == "standard":
+            return [tok + pos]
         return [tok, pos]
 
     def __call__(
@@ -429,16 +516,47 @@ class Transformer(eqx.Module):
         return logits
 
     def n_prefix(self, stage: int) -> int:
-        shape = self.graph_shape
+        """Sources written before `stage` (what [`run_from`][] needs): for an MLP stage this
+        includes the layer's own heads, also in parallel blocks (whose MLP does not read them,
+        but later layers do, and the MLP stage leaves them unchanged)."""
         L = self.cfg.n_layers
         if not 0 <= stage <= 2 * L:
             raise ValueError(f"stage must lie in [0, {2 * L}], got {stage}.")
-        if stage == 0:
-            return 0
-        if stage == 2 * L:
-            return shape.n_src
-        layer, part = divmod(stage, 2)
-        return shape.n_src_before_layer(layer) if part == 0 else shape.n_src_before_mlp(layer)
+        return self.graph_shape.n_src_before_stage(stage)
+
+    def _rope(self, positions):
+        """`(cos, sin)` tables `(seq, rot_dim)` of the rotary embedding, or `None`."""
+        if not self.cfg.rot_dim:
+            return None
+        inv = jnp.asarray(self.cfg.inv_freq(), jnp.float32)
+        angles = positions.astype(jnp.float32)[:, None] * inv[None, :]
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        return jnp.cos(angles), jnp.sin(angles)
+
+    def _pos_qk(self, positions):
+        if self.cfg.positional != "shortformer":
+            return None
+        return self.w_pos[positions].astype(jnp.float32)
+
+    def _read_unrolled(self, m, online, corrupted, n, bias):
+        """A receiver's input from the first `n` sources (list `online`), with mask row `m`.
+        With post-norms, each earlier layer's heads are mixed, summed with its `b_o` and
+        normalised by that layer's post-attention norm (see `docs/families.md`)."""
+        cfg, shape = self.cfg, self.graph_shape
+        stacked = jnp.stack(online[:n])
+        if not cfg.post_norms:
+            return _mix(m, stacked, corrupted[:n]) + bias
+        E, P, H = shape.n_embed, shape.per_layer, cfg.n_heads
+        x = _mix(m[..., :E], stacked[:E], corrupted[:E])
+        for layer in range(-(-(n - E) // P)):
+            blk = self.blocks[layer]
+            hs = slice(E + layer * P, E + layer * P + H)
+            part = _mix(m[..., hs], stacked[hs], corrupted[hs]) + blk.b_o.astype(jnp.float32)
+            x = x + blk.ln_post_attn(part)
+            j = E + layer * P + H
+            if cfg.has_mlp and j < n:
+                x = x + _mix(m[..., j : j + 1], stacked[j : j + 1], corrupted[j : j + 1])
+        return x
 
     def _forward(self, tokens, mask, corrupted, positions, stage, prefix, logit_positions):
         cfg, shape = self.cfg, self.graph_shape
@@ -450,38 +568,49 @@ class Transformer(eqx.Module):
         else:
             online = list(prefix)
         qs, ks, vs = [], [], []
+        pos_qk, rope = self._pos_qk(positions), self._rope(positions)
+        windows = cfg.windows()
         bias = jnp.zeros((cfg.d_model,), jnp.float32)
         for layer, blk in enumerate(self.blocks):
             if 2 * layer >= stage:
                 n = shape.n_src_before_layer(layer)
-                stacked = jnp.stack(online[:n])
                 m_qkv = jnp.stack(
                     [mask.q[layer, :, :n], mask.k[layer, :, :n], mask.v[layer, :, :n]]
                 )
-                x = _mix(m_qkv, stacked, corrupted.resid[:n]) + bias  # (3, head, seq, d_model)
-                pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+                x = self._read_unrolled(m_qkv, online, corrupted.resid, n, bias)
                 c = corrupted
                 result, q, k, v = _heads(
-                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk
-                )
+                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk,
+                    rope, windows[layer],
+                )  # fmt: skip
                 qs.append(q), ks.append(k), vs.append(v)
                 online.extend(result[h] for h in range(cfg.n_heads))
-            bias = bias + blk.b_o
+            bias_before = bias
+            if not cfg.post_norms:  # with post-norms, b_o sits inside the layer's norm
+                bias = bias + blk.b_o
             if cfg.has_mlp and 2 * layer + 1 >= stage:
                 n = shape.n_src_before_mlp(layer)
-                x = _mix(mask.mlp[layer, :n], jnp.stack(online[:n]), corrupted.resid[:n]) + bias
+                b = bias_before if cfg.parallel_attn_mlp else bias
+                x = self._read_unrolled(mask.mlp[layer, :n], online, corrupted.resid, n, b)
                 online.append(_mlp(cfg, blk, x))
+        x = self._read_unrolled(mask.out, online, corrupted.resid, shape.n_src, bias)
+        logits = self._unembed(x, logit_positions)
+        if stage != 0:
+            return logits, None
         stacked = jnp.stack(online)
-        x = _mix(mask.out, stacked, corrupted.resid) + bias
+        sources = Sources(resid=stacked, q=jnp.stack(qs), k=jnp.stack(ks), v=jnp.stack(vs))
+        return logits, sources
+
+    def _unembed(self, x, logit_positions):
         if logit_positions is not None:
             x = x[logit_positions]
         if self.ln_final is not None:
             x = self.ln_final(x)
         logits = x @ self.w_u + self.b_u
-        if stage != 0:
-            return logits, None
-        sources = Sources(resid=stacked, q=jnp.stack(qs), k=jnp.stack(ks), v=jnp.stack(vs))
-        return logits, sources
+        cap = self.cfg.final_softcap
+        if cap is not None:
+            logits = cap * jnp.tanh(logits / cap)
+        return logits.astype(jnp.float32)
 
     def _forward_scan(
         self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None
@@ -494,7 +623,7 @@ class Transformer(eqx.Module):
         otherwise a traced stage, with `clean` the buffer whose sources before it are read."""
         cfg, shape = self.cfg, self.graph_shape
         seq = tokens.shape[0]
-        H, E, P = cfg.n_heads, shape.n_embed, shape.per_layer
+        H, E, P, L = cfg.n_heads, shape.n_embed, shape.per_layer, cfg.n_layers
         if positions is None:
             positions = jnp.arange(seq)
         if clean is None:
@@ -508,36 +637,62 @@ class Transformer(eqx.Module):
         bias, before = jnp.zeros((cfg.d_model,), jnp.float32), []
         for blk in self.blocks:
             before.append(bias)
-            bias = bias + blk.b_o
+            if not cfg.post_norms:
+                bias = bias + blk.b_o
         final_bias = bias
         src = jnp.arange(shape.n_src)
-        pos_qk = self.w_pos[positions] if cfg.positional == "shortformer" else None
+        pos_qk, rope = self._pos_qk(positions), self._rope(positions)
         zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
+        if cfg.post_norms:
+            # Every layer's post-attention norm and b_o, applied per (receiver, layer) below.
+            post = jax.tree.map(lambda a: a[:, None, :], blocks.ln_post_attn)
+            b_o_all = blocks.b_o.astype(jnp.float32)[:, None, :]
 
-        def read(m, online, n, bias):
+        def read(m, online, n, bias, n_head_layers=None):
             """A receiver's input from the `n` sources upstream of it (the others weigh 0)."""
             valid = src < n
             w_on, w_co = jnp.where(valid, m, 0.0), jnp.where(valid, 1.0 - m, 0.0)
-            return _mix(w_on, online, corrupted.resid, w_co) + bias
+            if not cfg.post_norms:
+                return _mix(w_on, online, corrupted.resid, w_co) + bias
+            c = corrupted.resid
+            x = _mix(w_on[..., :E], online[:E], c[:E], w_co[..., :E])
+            lay = lambda a: a[..., E:].reshape(a.shape[:-1] + (L, P))
+            per = lambda a: a[E:].reshape((L, P) + a.shape[1:])
+            on, co, o_l, c_l = lay(w_on), lay(w_co), per(online), per(c)
+            part = (
+                jnp.einsum("...lh,lhsd->...lsd", on[..., :H], o_l[:, :H])
+                + jnp.einsum("...lh,lhsd->...lsd", co[..., :H], c_l[:, :H])
+                + b_o_all
+            )
+            normed = post(part)
+            ok = (jnp.arange(L) < n_head_layers)[:, None, None]
+            x = x + jnp.where(ok, normed, 0.0).sum(-3)
+            if cfg.has_mlp:
+                x = x + jnp.einsum("...l,lsd->...sd", on[..., H], o_l[:, H])
+                x = x + jnp.einsum("...l,lsd->...sd", co[..., H], c_l[:, H])
+            return x
 
         def attention(online, xs):
-            blk, layer, bias, m_qkv, direct, c_q, c_k, c_v = xs
+            blk, layer, bias, m_qkv, direct, c_q, c_k, c_v, window = xs
             n = E + layer * P
-            x = read(m_qkv, online, n, bias)
-            result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk)
+            x = read(m_qkv, online, n, bias, layer)
+            result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk, rope, window)
             online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
             return online, (q, k, v)
 
+        own = 0 if cfg.parallel_attn_mlp else 1  # does the MLP read its own layer's heads?
+
         def mlp(online, xs):
             blk, layer, bias, m_mlp = xs
-            n = E + layer * P + H
-            out = _mlp(cfg, blk, read(m_mlp, online, n, bias))[None]
-            return jax.lax.dynamic_update_slice_in_dim(online, out, n, axis=0)
+            n = E + layer * P + own * H
+            out = _mlp(cfg, blk, read(m_mlp, online, n, bias, layer + own))[None]
+            return jax.lax.dynamic_update_slice_in_dim(online, out, E + layer * P + H, axis=0)
 
         def layer_body(online, xs):
             blk, layer, bias = xs["blk"], xs["layer"], xs["bias"]
             m_qkv = jnp.stack([xs["q"], xs["k"], xs["v"]])
-            a_xs = (blk, layer, bias, m_qkv, xs["direct"], xs["cq"], xs["ck"], xs["cv"])
+            window = xs.get("window")
+            a_xs = (blk, layer, bias, m_qkv, xs["direct"], xs["cq"], xs["ck"], xs["cv"], window)
             if stage is None:
                 online, qkv = attention(online, a_xs)
             else:
@@ -549,7 +704,8 @@ class Transformer(eqx.Module):
                     a_xs,
                 )
             if cfg.has_mlp:
-                m_xs = (blk, layer, bias + blk.b_o, xs["mlp"])
+                mlp_bias = bias if cfg.parallel_attn_mlp or cfg.post_norms else bias + blk.b_o
+                m_xs = (blk, layer, mlp_bias, xs["mlp"])
                 if stage is None:
                     online = mlp(online, m_xs)
                 else:
@@ -570,49 +726,93 @@ class Transformer(eqx.Module):
         }
         if cfg.has_mlp:
             xs["mlp"] = mask.mlp
+        if cfg.sliding_window is not None:
+            xs["window"] = jnp.array(
+                [_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32
+            )
         online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
-        x = _mix(mask.out, online, corrupted.resid) + final_bias
-        if logit_positions is not None:
-            x = x[logit_positions]
-        if self.ln_final is not None:
-            x = self.ln_final(x)
-        logits = x @ self.w_u + self.b_u
+        x = read(mask.out, online, shape.n_src, final_bias, L)
+        logits = self._unembed(x, logit_positions)
         if stage is not None:
             return logits, None
         return logits, Sources(resid=online, q=qs, k=ks, v=vs)
 
 
-def _heads(cfg, blk: Block, x, direct, c_q, c_k, c_v, pos_qk):
+_GLOBAL = 2**30  # the window of a global-attention layer in the scan's per-layer array
+
+
+def _kv_proj(cfg, x, w, b):
+    """Per query head, its k (or v) from its own input `x` `(head, seq, d_model)` with its
+    key/value group's weights `w` `(kv_head, d_model, d_head)`."""
+    H, KV = cfg.n_heads, cfg.kv_heads
+    if KV == H:
+        return jnp.einsum("hsd,hde->hse", x, w) + b[:, None, :]
+    G = H // KV
+    xg = x.reshape((KV, G) + x.shape[1:])
+    out = jnp.einsum("gqsd,gde->gqse", xg, w).reshape((H,) + x.shape[1:-1] + (w.shape[-1],))
+    return out + jnp.repeat(b, G, axis=0)[:, None, :]
+
+
+def _rotate(x, rope):
+    """Rotary embedding on the first `rot_dim` dims of `x` `(head, seq, d_head)` (Hugging
+    Face's `rotate_half` layout: pairs `(i, i + rot_dim / 2)`)."""
+    cos, sin = rope
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    turned = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    out = rot * cos + turned * sin
+    return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+
+def _heads(cfg, blk: Block, x, direct, c_q, c_k, c_v, pos_qk, rope=None, window=None):
     """One layer's heads from their mixed inputs `x` `(3, head, seq, d_model)` (q, k, v):
-    LayerNorm, projections, the direct edges (`direct` `(head, 3)` against the corrupted
-    `c_q, c_k, c_v`), attention. Returns each head's result `(head, seq, d_model)` and q, k, v."""
+    norm, projections (k and v per query head, with its key/value group's weights), rotary
+    embeddings, the direct edges (`direct` `(head, 3)` against the corrupted `c_q, c_k, c_v`,
+    i.e. on the rotated q and k), attention (soft-capped, windowed). Returns each head's result
+    `(head, seq, d_model)` (before any post-attention norm) and q, k, v."""
     if blk.ln1 is not None:
         x = blk.ln1(x)
     x_q, x_k, x_v = x[0], x[1], x[2]
     if pos_qk is not None:  # shortformer: positions enter q and k only, outside the graph
         x_q, x_k = x_q + pos_qk, x_k + pos_qk
     q = jnp.einsum("hsd,hde->hse", x_q, blk.w_q) + blk.b_q[:, None, :]
-    k = jnp.einsum("hsd,hde->hse", x_k, blk.w_k) + blk.b_k[:, None, :]
-    v = jnp.einsum("hsd,hde->hse", x_v, blk.w_v) + blk.b_v[:, None, :]
+    k = _kv_proj(cfg, x_k, blk.w_k, blk.b_k)
+    v = _kv_proj(cfg, x_v, blk.w_v, blk.b_v)
+    if rope is not None:
+        q, k = _rotate(q, rope), _rotate(k, rope)
     q = _lerp(direct[:, 0], q, c_q)
     k = _lerp(direct[:, 1], k, c_k)
     v = _lerp(direct[:, 2], v, c_v)
     scores = jnp.einsum("hse,hte->hst", q, k).astype(jnp.float32) / cfg.scale
+    if cfg.attn_softcap is not None:
+        scores = cfg.attn_softcap * jnp.tanh(scores / cfg.attn_softcap)
     if cfg.causal:
         seq = q.shape[1]
-        causal = jnp.tril(jnp.ones((seq, seq), bool))
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        allowed = jnp.tril(jnp.ones((seq, seq), bool))
+        if window is not None:
+            i, j = jnp.arange(seq)[:, None], jnp.arange(seq)[None, :]
+            allowed = allowed & (i - j < window)
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     pattern = jax.nn.softmax(scores, axis=-1)
     z = jnp.einsum("hst,hte->hse", pattern, v)
     return jnp.einsum("hse,hed->hsd", z, blk.w_o), q, k, v
 
 
 def _mlp(cfg, blk: Block, x):
-    """A layer's MLP output from its mixed input `x` `(seq, d_model)`."""
+    """A layer's MLP output from its mixed input `x` `(seq, d_model)` (with a post-MLP norm, if
+    any, applied: it belongs to the MLP node)."""
     if blk.ln2 is not None:
         x = blk.ln2(x)
-    hidden = _act(cfg.act_fn, x @ blk.w_in + blk.b_in)
-    return hidden @ blk.w_out + blk.b_out
+    pre = x @ blk.w_in + blk.b_in
+    if blk.w_gate is not None:
+        hidden = _act(cfg.act_fn, x @ blk.w_gate + blk.b_gate) * pre
+    else:
+        hidden = _act(cfg.act_fn, pre)
+    out = hidden @ blk.w_out + blk.b_out
+    if blk.ln_post_mlp is not None:
+        out = blk.ln_post_mlp(out)
+    return out
 
 
 def stack_blocks(model: Transformer) -> Block:

@@ -294,3 +294,45 @@ def test_result_mask_round_trip():
     corrupted = jacdc.ablation_sources(model, task, False)
     value = float(jacdc.metric_of_mask(model, task, result.mask, corrupted, "kl_div"))
     assert value == pytest.approx(result.metric, abs=1e-6)
+
+
+# Tiny random models of every family (see `tests/test_families.py` for their mask semantics).
+_FAMILY_BASE = dict(n_layers=2, n_heads=2, d_model=16, d_head=4, d_mlp=16, d_vocab=11, n_ctx=8)
+_RMS_ROPE = dict(normalization="RMS", positional="rotary", gated_mlp=True, act_fn="silu")
+FAMILY_CONFIGS = {
+    "neox-like": TransformerConfig(
+        **_FAMILY_BASE, act_fn="gelu", positional="rotary", rotary_dim=2, parallel_attn_mlp=True
+    ),
+    "llama-like": TransformerConfig(
+        **_FAMILY_BASE, **_RMS_ROPE, n_kv_heads=1,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    ),
+    "qwen2-like": TransformerConfig(**_FAMILY_BASE, **_RMS_ROPE, rope_theta=1e6),  # biases
+    "mistral-like": TransformerConfig(**_FAMILY_BASE, **_RMS_ROPE, sliding_window=3),
+    "gemma2-like": TransformerConfig(
+        **_FAMILY_BASE, **{**_RMS_ROPE, "act_fn": "gelu_pytorch_tanh"}, n_kv_heads=1,
+        post_norms=True, embed_scale=4.0, attn_softcap=0.5, final_softcap=1.0,
+        sliding_window=(3, None), attn_scale=2.5,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(FAMILY_CONFIGS))
+@pytest.mark.parametrize("zero_ablation", [False, True])
+def test_fast_engine_equals_reference_on_every_family(arch, zero_ablation):
+    model, task = make_task(FAMILY_CONFIGS[arch])
+    ref = jacdc.acdc_sweep(
+        model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
+    )
+    sizes = {r.n_edges for r in ref}
+    for layers in ("scan", "unrolled"):
+        fast = jacdc.acdc_sweep(
+            model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, layers=layers
+        )
+        for r, f in zip(ref, fast):
+            assert r.decisions == f.decisions, layers
+            np.testing.assert_array_equal(r.present, f.present)
+            assert r.n_tests == f.n_tests
+            assert abs(r.metric - f.metric) < 1e-6
+    assert len(sizes) >= 3  # the thresholds give different circuits

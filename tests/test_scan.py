@@ -5,13 +5,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_transformer import CONFIGS, batched, setup
+from test_families import FAMILIES, setup as family_setup
+from test_transformer import CONFIGS, batched, setup as config_setup
 
 import jacdc
 from jacdc.models import clean_run, corrupted_sources, zero_ablation_sources
 
 
 ATOL = 2e-5
+# The GPT-2 / attention-only / tracr configs and every family of `test_families`.
+NAMES = sorted(CONFIGS) + sorted(FAMILIES)
+
+
+def setup(name):
+    return family_setup(name) if name in FAMILIES else config_setup(name)
 
 
 def _random_mask(shape, seed, binary=False, noisy_invalid=True):
@@ -28,12 +35,17 @@ def _random_mask(shape, seed, binary=False, noisy_invalid=True):
     return jacdc.EdgeMask(**fields)
 
 
+@eqx.filter_jit
 def _forward(model, tokens, mask, corrupted, layers):
     return jax.vmap(lambda t, c: model(t, mask, c, layers=layers))(tokens, corrupted)
 
 
-@pytest.mark.parametrize("ablation", ["corrupted", "zero"])
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+# Families: corrupted ablation only (zero ablation runs the same code with other corrupted
+# values; the families' zero ablation is checked on both paths in test_families.py).
+@pytest.mark.parametrize(
+    "name, ablation",
+    [(n, a) for n in NAMES for a in ("corrupted", "zero") if n in CONFIGS or a == "corrupted"],
+)
 def test_scan_equals_unrolled_logits_sources_and_gradients(name, ablation):
     model, clean, corrupt = setup(name)
     if ablation == "zero":
@@ -63,7 +75,7 @@ def test_scan_equals_unrolled_logits_sources_and_gradients(name, ablation):
             assert np.abs(x[v]).max() > 0, field
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 def test_run_from_scan_equals_run_from_at_every_stage(name):
     model, clean, corrupt = setup(name)
     shape = model.graph_shape
@@ -91,7 +103,7 @@ def test_run_from_scan_equals_run_from_at_every_stage(name):
         np.testing.assert_array_equal(longer, want)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 def test_suffix_of_a_mask_that_spares_earlier_receivers_is_the_full_forward(name):
     """The premise of the fast ACDC engine: with every receiver before `stage` intact, the
     forward restarted at `stage` from the clean buffer equals the whole masked forward."""
@@ -142,7 +154,7 @@ def test_one_compilation_serves_every_stage():
     assert len(traces) == 1
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", NAMES)
 def test_invalid_entries_change_nothing_on_the_unrolled_path(name):
     model, clean, corrupt = setup(name)
     corrupted = corrupted_sources(model, corrupt)
