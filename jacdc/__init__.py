@@ -2,13 +2,13 @@
 
 import importlib.metadata
 
-from ._cache import enable_compilation_cache as _enable_compilation_cache
 from ._acdc import (
     ACDCResult as ACDCResult,
     acdc as acdc,
     acdc_nodes as acdc_nodes,
     acdc_sweep as acdc_sweep,
 )
+from ._cache import enable_compilation_cache as _enable_compilation_cache
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,

@@ -18,8 +18,9 @@ engine's jitted functions. Both are cached in one per-user folder, [`cache_dir`]
     contents); anything unexpected is rebuilt with a [`CacheWarning`][], never trusted.
 
 `JACDC_NO_CACHE=1` (or `jacdc --no-cache ...`) turns both off: nothing is read or written. If
-the JAX option `jax_compilation_cache_dir` is already set (by the user, or `JAX_COMPILATION_CACHE_DIR`)
-jacdc leaves it alone. `jacdc cache info` prints what is stored, `jacdc cache clear` removes it.
+the JAX option `jax_compilation_cache_dir` is already set (by the user, or through
+`JAX_COMPILATION_CACHE_DIR`), jacdc leaves it alone. `jacdc cache info` prints what is stored,
+`jacdc cache clear` removes it.
 
 As JAX's own guide warns, a compilation cache is trusted code: do not point `JACDC_CACHE_DIR` at a
 folder others can write to.
@@ -71,8 +72,9 @@ def disable_caches() -> None:
     os.environ[ENV_OFF] = "1"
     import jax
 
-    if _STATE["xla_dir"] is not None and jax.config.values.get("jax_compilation_cache_dir") == (
-        _STATE["xla_dir"]
+    if (
+        _STATE["xla_dir"] is not None
+        and jax.config.values.get("jax_compilation_cache_dir") == (_STATE["xla_dir"])
     ):
         jax.config.update("jax_compilation_cache_dir", None)
         _reset_jax_cache()
