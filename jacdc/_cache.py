@@ -26,6 +26,7 @@ As JAX's own guide warns, a compilation cache is trusted code: do not point `JAC
 folder others can write to.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -220,7 +221,7 @@ def read_entry(part: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             data = {name: z[name] for name in z.files}
         header = json.loads(bytes(data.pop(_META)).decode())
         if header.get("format") != FORMAT_VERSION:
@@ -237,3 +238,60 @@ def read_entry(part: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None
         )  # fmt: skip
         return None
     return meta, data
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting JAX's work
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CompileStats:
+    """JAX's work in this process since [`compile_stats`][] was first called, from
+    `jax.monitoring` events: `traces` (Python functions traced to jaxprs), `lowerings`
+    (XLA computations requested: compiled or found in the persistent cache), `cache_hits`
+    (read from the persistent cache). `compiles` = `lowerings - cache_hits`: computations XLA
+    actually compiled."""
+
+    traces: int = 0
+    lowerings: int = 0
+    cache_hits: int = 0
+    trace_s: float = 0.0
+    compile_s: float = 0.0
+
+    @property
+    def compiles(self) -> int:
+        return self.lowerings - self.cache_hits
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), compiles=self.compiles)
+
+
+_STATS: list[CompileStats] = []
+
+
+def compile_stats() -> CompileStats:
+    """The live [`CompileStats`][] of this process (its listeners are installed on the first
+    call, so call it before the work to count)."""
+    if _STATS:
+        return _STATS[0]
+    import jax.monitoring
+
+    stats = CompileStats()
+    _STATS.append(stats)
+
+    def on_event(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            stats.cache_hits += 1
+
+    def on_duration(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            stats.traces += 1
+            stats.trace_s += duration
+        elif event == "/jax/core/compile/backend_compile_duration":
+            stats.lowerings += 1
+            stats.compile_s += duration
+
+    jax.monitoring.register_event_listener(on_event)
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    return stats
