@@ -98,8 +98,11 @@ def evaluate_scan(
     return jax.vmap(one)(masks)
 
 
-stacked_blocks = eqx.filter_jit(stack_blocks)
-stacked_blocks.__doc__ = "[`jacdc.models.stack_blocks`][], jitted (one device call)."
+@eqx.filter_jit
+def stacked_blocks(model):
+    """[`jacdc.models.stack_blocks`][], jitted (one device call): the block weights stacked
+    over layers, as [`evaluate_scan`][] reads them."""
+    return stack_blocks(model)
 
 
 @eqx.filter_jit
@@ -203,7 +206,8 @@ class Evaluator:
         """JAX's lowered step at `stage` (a [`jax.stages.Lowered`][]): `.compile()` gives XLA's
         `cost_analysis()` and `memory_analysis()` of exactly what [`evaluate`][] runs."""
         fn, args = self.arguments(stage, vecs)
-        return fn.lower(*args)
+        lowered = fn.lower(*args)
+        return getattr(lowered, "lowered", lowered)  # Equinox wraps JAX's `Lowered`
 
     def __call__(self, stage: int, vecs) -> np.ndarray:
         fn, args = self.arguments(stage, vecs)
