@@ -109,25 +109,13 @@ def peak_flops(device_kind: str) -> dict | None:
 
 
 def stage_flops(model, task, stage: int, scan: bool = True) -> float:
-    """FLOPs of one candidate circuit's forward from `stage` on (weights, every receiver's
-    two mixing contractions, attention, MLPs, and the unembedding at the metric positions).
-    `scan`: the scan-over-layers forward, whose receivers contract over all sources (those
-    not upstream have weight zero)."""
-    import numpy as np
+    """FLOPs of one candidate circuit's forward from `stage` on, as the evaluator contracts
+    ([`jacdc.engine.executed_flops`][]: both halves of every mix, projections, attention, MLPs,
+    the unembedding at the metric positions). `scan`: the scan-over-layers forward, whose
+    receivers contract over all sources (those not upstream have weight zero)."""
+    from jacdc import engine
 
-    cfg, shape = model.cfg, model.graph_shape
-    d, H, e, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp or 0
-    per_token = 0  # multiply-adds per token
-    for layer in range(cfg.n_layers):
-        if 2 * layer >= stage:
-            n = shape.n_src if scan else shape.n_src_before_layer(layer)
-            per_token += 2 * 3 * H * n * d + 4 * H * e * d + 2 * H * task.seq * e
-        if cfg.has_mlp and 2 * layer + 1 >= stage:
-            n = shape.n_src if scan else shape.n_src_before_mlp(layer)
-            per_token += 2 * n * d + 2 * m * d
-    per_token += 2 * shape.n_src * d
-    unembed = task.batch * int(np.asarray(task.logit_positions).size) * d * cfg.vocab_out
-    return 2.0 * (task.batch * task.seq * per_token + unembed)
+    return engine.executed_flops(model, task, stage, "scan" if scan else "unrolled")
 
 
 def device_peak_bytes():
@@ -315,6 +303,7 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
     import numpy as np
 
     import jacdc
+    from jacdc import engine
 
     calls = []  # (stage, seconds, n_used), from the engine's `on_call` hook
 
@@ -370,6 +359,8 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
         "steady_calls_s": steady_s,
         "achieved_flops_per_s_steady": steady_flops / steady_s if steady_s else None,
         "host_s_outside_calls": wall - sum(s for _, s, _ in calls),
+        # The floor ([`jacdc.engine.run_floor`][]): what the run's tests need at minimum.
+        "floor_flops": engine.run_floor(model, task, result)["flops"] if result else None,
         "mean_call_ms_steady": 1e3 * steady_s / len(steady) if steady else None,
     }
     del np

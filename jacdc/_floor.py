@@ -94,7 +94,7 @@ def executed_flops(model, task, stage: int, layers: str = "unrolled") -> float:
     return sum(t.values())
 
 
-def test_stages(shape: GraphShape) -> dict[int, int]:
+def edge_test_stages(shape: GraphShape) -> dict[int, int]:
     """Edge id -> the stage its test runs at (every counted edge is tested at its receiver's
     node)."""
     from ._acdc import acdc_nodes  # the walk's order lives in the engine
@@ -102,16 +102,16 @@ def test_stages(shape: GraphShape) -> dict[int, int]:
     return {i: node.stage for node in acdc_nodes(shape) for i in node.incoming}
 
 
-def test_floor_flops(model, task, edge: int) -> float:
+def edge_test_floor_flops(model, task, edge: int) -> float:
     """The floor FLOPs of the test of counted edge `edge`."""
-    return stage_floor_flops(model, task, test_stages(model.graph_shape)[edge])
+    return stage_floor_flops(model, task, edge_test_stages(model.graph_shape)[edge])
 
 
 def run_floor(model, task, result) -> dict:
     """The floor of a run ([`jacdc.ACDCResult`][]): the tests of its log (skipped edges cost
     nothing) grouped by stage. **Returns:** `{"flops", "n_tests", "by_stage": {stage: {"n_tests",
     "flops_per_test", "flops"}}}`."""
-    stages = test_stages(model.graph_shape)
+    stages = edge_test_stages(model.graph_shape)
     counts = collections.Counter(stages[r["edge"]] for r in result.log if not r["skipped"])
     by_stage = {}
     for st in sorted(counts):

@@ -11,7 +11,8 @@ Everything a benchmark needs besides the algorithms themselves (`jacdc.acdc_swee
 - **Sizing.** [`auto_candidates`][] and [`forward_flops`][] (the engine's own heuristics); the
     memory model ([`acdc_memory`][], [`eap_memory`][], [`sp_memory`][], [`xla_memory`][],
     [`check_fits`][], [`device_memory`][]); the FLOP floor ([`jacdc._floor`][]:
-    [`test_floor_flops`][], [`stage_floor_flops`][], [`run_floor`][], [`xla_flops`][]).
+    [`floor_terms`][], [`stage_floor_flops`][], [`edge_test_floor_flops`][],
+    [`edge_test_stages`][], [`run_floor`][], [`executed_flops`][], [`xla_flops`][]).
 - **Caches.** [`compile_stats`][] (JAX's traces, compilations and persistent-cache hits in this
     process), [`cache_dir`][], [`cache_info`][], [`clear_cache`][].
 """
@@ -32,6 +33,15 @@ from ._evaluators import (
     evaluate_scan as evaluate_scan,
     evaluate_unrolled as evaluate_unrolled,
     stacked_blocks as stacked_blocks,
+)
+from ._floor import (
+    edge_test_floor_flops as edge_test_floor_flops,
+    edge_test_stages as edge_test_stages,
+    executed_flops as executed_flops,
+    floor_terms as floor_terms,
+    run_floor as run_floor,
+    stage_floor_flops as stage_floor_flops,
+    xla_flops as xla_flops,
 )
 from ._memory import (
     MemoryBudgetError as MemoryBudgetError,

@@ -74,10 +74,10 @@ def test_run_floor_counts_the_tests_of_a_run():
     assert (
         floor["n_tests"] == result.n_tests == sum(v["n_tests"] for v in floor["by_stage"].values())
     )
-    stages = _floor.test_stages(model.graph_shape)
+    stages = _floor.edge_test_stages(model.graph_shape)
     tested = [r["edge"] for r in result.log if not r["skipped"]]
     assert floor["flops"] == pytest.approx(
-        sum(_floor.test_floor_flops(model, task, i) for i in tested)
+        sum(_floor.edge_test_floor_flops(model, task, i) for i in tested)
     )
     assert set(floor["by_stage"]) == {stages[i] for i in tested}
     assert len(stages) == len(jacdc.graph_of(model.graph_shape))  # every counted edge has a stage
