@@ -182,14 +182,20 @@ def test_tracr_cache_hit_miss_and_corruption(private_cache):
     assert len(calls) == 6 and len(list((private_cache / "tracr").glob("*.npz"))) == 2
 
 
-def test_cache_info_and_clear(private_cache, monkeypatch):
+def test_cache_info_and_clear(private_cache, monkeypatch, capsys):
     calls = []
     cached_tracr_model({"program": "info test"}, _reverse_build(calls), "tracr-reverse")
     info = _cache.cache_info()
     assert info["dir"] == str(private_cache)
     assert info["parts"]["tracr"]["files"] == 1 and info["parts"]["tracr"]["bytes"] > 0
-    assert _cache.clear_cache(("tracr",)) == {"tracr": 1}
+    from jacdc._cli import main
+
+    assert main(["cache", "info"]) == 0
+    assert "tracr: 1 files" in capsys.readouterr().out
+    assert main(["cache", "clear", "--part", "tracr"]) == 0
+    assert "tracr: removed 1 files" in capsys.readouterr().out
     assert _cache.cache_info()["parts"]["tracr"]["files"] == 0
+    assert _cache.clear_cache(("tracr",)) == {"tracr": 0}
     with pytest.raises(ValueError, match="Unknown cache part"):
         _cache.clear_cache(("models",))
     monkeypatch.setenv("JACDC_NO_CACHE", "1")
