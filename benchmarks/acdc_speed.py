@@ -289,9 +289,10 @@ def main(argv=None):
             ref_prefix=args.prefix,
         )
         print(json.dumps(doc["c_gpt2_ioi_shaped"], indent=1))
-    from jacdc._results import atomic_write_json
-
-    atomic_write_json(out_path, doc)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out_path)  # atomic
     print(f"wrote {out_path}")
 
 

@@ -42,13 +42,13 @@ def main(argv=None) -> int:
     import gpu  # the benchmark's GPT-2-shaped workload (random GPT-2 initialisation)
 
     import jacdc
-    from jacdc import _acdc
+    from jacdc import engine
     from jacdc.models import corrupted_sources
 
     model, task = gpu.build(False, args.batch, args.seq, 0)
     corrupted = corrupted_sources(model, task.corrupted)
-    clean = _acdc._clean_prefix_sources(model, task.clean)
-    stacked = _acdc._stack_blocks(model)
+    clean = engine.clean_sources(model, task.clean)
+    stacked = engine.stacked_blocks(model)
     E = len(jacdc.graph_of(model.graph_shape))
     L = model.cfg.n_layers
     stages = list(range(2 * L + 1))
@@ -86,12 +86,12 @@ def main(argv=None) -> int:
         return statistics.median(times), out
 
     print(f"scan: compiling 1 function for {len(stages)} stages ...", flush=True)
-    scan_fn, scan_compile = compile_s(_acdc._eval_scan, scan_args(0))
+    scan_fn, scan_compile = compile_s(engine.evaluate_scan, scan_args(0))
     print(f"  {scan_compile:.2f} s", flush=True)
     print(f"unrolled: compiling {len(stages)} functions ...", flush=True)
     unrolled, per_stage = {}, {}
     for st in stages:
-        unrolled[st], per_stage[st] = compile_s(_acdc._eval_candidates, unrolled_args(st))
+        unrolled[st], per_stage[st] = compile_s(engine.evaluate_unrolled, unrolled_args(st))
         print(f"  stage {st}: {per_stage[st]:.2f} s", flush=True)
     doc["compile"] = {
         "scan_s": scan_compile,

@@ -41,12 +41,18 @@ masked forward is dominated by the receivers' mixing contractions, which are mem
 expect a small fraction of either.
 
 `--small` runs the same phases on a tiny model on CPU in seconds (the test suite runs it).
-`--budget-s` (default 420) caps the run: ACDC stops when only the reserve for EAP and SP is left
-(the JSON then says `"truncated": true`, with the tests done so far).
+`--budget-s` (default 420; none with `--small`) caps the run: ACDC stops when only the reserve
+for EAP and SP is left (the JSON then says `"truncated": true`, with the tests done so far).
+`--small` has no budget unless one is given, so a loaded machine makes it slower, never
+different (the test suite runs it; no clock decides its outcome).
+
+Uses only public names: `jacdc`, `jacdc.engine` (the evaluators, the compiled EAP and SP steps,
+the memory model), `jacdc.models`, `jacdc.tasks`.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -103,25 +109,13 @@ def peak_flops(device_kind: str) -> dict | None:
 
 
 def stage_flops(model, task, stage: int, scan: bool = True) -> float:
-    """FLOPs of one candidate circuit's forward from `stage` on (weights, every receiver's
-    two mixing contractions, attention, MLPs, and the unembedding at the metric positions).
-    `scan`: the scan-over-layers forward, whose receivers contract over all sources (those
-    not upstream have weight zero)."""
-    import numpy as np
+    """FLOPs of one candidate circuit's forward from `stage` on, as the evaluator contracts
+    ([`jacdc.engine.executed_flops`][]: both halves of every mix, projections, attention, MLPs,
+    the unembedding at the metric positions). `scan`: the scan-over-layers forward, whose
+    receivers contract over all sources (those not upstream have weight zero)."""
+    from jacdc import engine
 
-    cfg, shape = model.cfg, model.graph_shape
-    d, H, e, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp or 0
-    per_token = 0  # multiply-adds per token
-    for layer in range(cfg.n_layers):
-        if 2 * layer >= stage:
-            n = shape.n_src if scan else shape.n_src_before_layer(layer)
-            per_token += 2 * 3 * H * n * d + 4 * H * e * d + 2 * H * task.seq * e
-        if cfg.has_mlp and 2 * layer + 1 >= stage:
-            n = shape.n_src if scan else shape.n_src_before_mlp(layer)
-            per_token += 2 * n * d + 2 * m * d
-    per_token += 2 * shape.n_src * d
-    unembed = task.batch * int(np.asarray(task.logit_positions).size) * d * cfg.vocab_out
-    return 2.0 * (task.batch * task.seq * per_token + unembed)
+    return engine.executed_flops(model, task, stage, "scan" if scan else "unrolled")
 
 
 def device_peak_bytes():
@@ -234,7 +228,7 @@ def build(small: bool, batch: int, seq: int, seed: int):
 
 
 class Clock:
-    def __init__(self, budget_s: float):
+    def __init__(self, budget_s: float = math.inf):
         self.start = time.perf_counter()
         self.budget_s = budget_s
 
@@ -246,38 +240,23 @@ class Clock:
     def left(self) -> float:
         return self.budget_s - self.elapsed
 
+    def timeout(self, reserve: float = 0.0, cap: float = math.inf) -> float | None:
+        """Seconds to wait for a background job: `None` (no limit) without a budget."""
+        if math.isinf(self.budget_s):
+            return None
+        return max(min(self.left - reserve, cap), 1.0)
+
 
 class _Stop(Exception):
     pass
 
 
-class Evaluator:
-    """The fast engine's compiled evaluator (scan-over-layers, traced stage), called as the
-    engine calls it: `evaluate(stage, vecs)` -> metric per candidate row."""
+def evaluator(model, task, corrupted, n_lanes: int, layers: str = "scan"):
+    """The fast engine's compiled evaluator, as the engine holds it: `ev(stage, vecs)` ->
+    metric per candidate row ([`jacdc.engine.Evaluator`][])."""
+    from jacdc import engine
 
-    def __init__(self, model, task, corrupted, clean_sources, n_lanes: int):
-        import jacdc
-        from jacdc import _acdc
-
-        self.model, self.task, self.corrupted = model, task, corrupted
-        self.clean, self.n_lanes = clean_sources, n_lanes
-        self.stacked = _acdc._stack_blocks(model)
-        self.n_edges = len(jacdc.graph_of(model.graph_shape))
-
-    def args(self, stage: int, vecs=None):
-        import jax.numpy as jnp
-
-        if vecs is None:
-            vecs = jnp.ones((self.n_lanes, self.n_edges), jnp.float32)
-        return (self.model, self.task, self.corrupted, self.clean, jnp.asarray(vecs),
-                jnp.asarray(stage, jnp.int32), "kl_div", self.stacked)  # fmt: skip
-
-    def __call__(self, stage: int, vecs):
-        import numpy as np
-
-        from jacdc import _acdc
-
-        return np.asarray(_acdc._eval_scan(*self.args(stage, vecs)))
+    return engine.Evaluator(model, task, corrupted, "kl_div", n_lanes, layers=layers)
 
 
 def probe_tau(model, evaluate, n_lanes, n_probe, target, seed):
@@ -324,6 +303,7 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
     import numpy as np
 
     import jacdc
+    from jacdc import engine
 
     calls = []  # (stage, seconds, n_used), from the engine's `on_call` hook
 
@@ -379,6 +359,8 @@ def run_acdc(model, task, tau, n_lanes, deadline_s, clock) -> dict:
         "steady_calls_s": steady_s,
         "achieved_flops_per_s_steady": steady_flops / steady_s if steady_s else None,
         "host_s_outside_calls": wall - sum(s for _, s, _ in calls),
+        # The floor ([`jacdc.engine.run_floor`][]): what the run's tests need at minimum.
+        "floor_flops": engine.run_floor(model, task, result)["flops"] if result else None,
         "mean_call_ms_steady": 1e3 * steady_s / len(steady) if steady else None,
     }
     del np
@@ -393,7 +375,7 @@ def main(argv=None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="wall-clock budget (default 450 s; 120 s with --small)",
+        help="wall-clock budget (default 420 s; none with --small)",
     )
     p.add_argument("--batch", type=int, default=None, help="default 100 (8 with --small)")
     p.add_argument("--seq", type=int, default=16)
@@ -425,7 +407,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)  # fmt: skip
     small = args.small
-    budget = args.budget_s or (120.0 if small else 420.0)
+    budget = args.budget_s if args.budget_s is not None else (math.inf if small else 420.0)
     batch = args.batch or (8 if small else 100)
     sp_steps = args.sp_steps or (5 if small else 50)
     n_probe = args.probe or (64 if small else 512)
@@ -441,14 +423,14 @@ def main(argv=None) -> int:
     import numpy as np
 
     import jacdc
-    from jacdc import _acdc, _eap, _memory, _sp
-    from jacdc._patching import ablation_sources
+    from jacdc import ablation_sources, engine
 
     dev = jax.devices()[0]
     log(f"JAX {jax.__version__} on {dev.platform} ({dev.device_kind}), {jax.device_count()} "
         f"device(s); budget {budget:.0f} s")  # fmt: skip
     doc = {
         "benchmark": "benchmarks/gpu.py" + (" --small" if small else ""),
+        "budget_s": None if math.isinf(budget) else budget,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"platform": dev.platform, "device_kind": dev.device_kind,
                     "device_count": jax.device_count(), "jax": jax.__version__,
@@ -490,19 +472,19 @@ def main(argv=None) -> int:
         f"setup done in {clock.elapsed:.1f} s: {doc['workload']['edges']} edges, "
         f"{doc['workload']['forward_flops_full'] / 1e9:.1f} GFLOP per candidate forward"
     )
-    n_lanes = args.candidates or _acdc.auto_candidates(model, task, 1)
+    n_lanes = args.candidates or engine.auto_candidates(model, task, 1)
 
     # ---- sizes from the memory model ----
-    acdc_est = _memory.acdc_memory(model.cfg, task.batch, task.seq, candidates=n_lanes,
+    acdc_est = engine.acdc_memory(model.cfg, task.batch, task.seq, candidates=n_lanes,
                                    task=task)  # fmt: skip
-    eap_est = _memory.eap_memory(model.cfg, task.batch, task.seq, task=task)
+    eap_est = engine.eap_memory(model.cfg, task.batch, task.seq, task=task)
     log(f"memory model: {acdc_est}")
     log(f"memory model: {eap_est}")
-    _memory.check_fits(acdc_est)
-    free, _ = _memory.device_memory()
+    engine.check_fits(acdc_est)
+    free, _ = engine.device_memory()
     sp_batch, n_lam = task.batch, args.sp_lambdas
     while True:  # the most lambdas (at least 2) at the full batch, else a smaller batch
-        sp_est = _memory.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
+        sp_est = engine.sp_memory(model.cfg, sp_batch, task.seq, n_lambdas=n_lam,
                                    n_steps=sp_steps)  # fmt: skip
         if free is None or sp_est.total <= 0.8 * free or (n_lam == 1 and sp_batch <= 8):
             break
@@ -521,7 +503,7 @@ def main(argv=None) -> int:
     sp_task, sp_corr = shrink(task, sp_batch), shrink(corrupted, sp_batch)
     lambdas = [float(x) for x in np.logspace(-2, 1, n_lam)] if n_lam > 1 else [0.1]
     sp_args = (
-        _sp.init_sp_state(model.graph_shape, n_lam), jnp.asarray(lambdas, jnp.float32),
+        jacdc.init_sp_state(model.graph_shape, n_lam), jnp.asarray(lambdas, jnp.float32),
         jnp.asarray(1e-3, jnp.float32), jr.split(jr.key(args.seed), n_lam), model, sp_task,
         sp_corr, "kl_div", sp_steps,
     )  # fmt: skip
@@ -532,24 +514,18 @@ def main(argv=None) -> int:
     workers = args.workers or min(12, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=workers)
     t_compile = time.perf_counter()
-    eap_job = pool.submit(compile_step, _eap._mask_grads, model, task, corrupted,
+    eap_job = pool.submit(compile_step, engine.eap_gradient, model, task, corrupted,
                           jnp.ones((1,), jnp.float32), "kl_div")  # fmt: skip
-    sp_job = pool.submit(compile_step, _sp._sp_train, *sp_args)
-    unrolled_job = None
+    sp_job = pool.submit(compile_step, engine.sp_train, *sp_args)
+    unrolled_job, unrolled = None, None
     if args.compare_unrolled >= 0:  # compiles on the CPU while the accelerator runs ACDC
-
-        def unrolled_args():
-            st = args.compare_unrolled
-            prefix = jnp.zeros((task.batch, 0 if st == 0 else model.graph_shape.n_src, task.seq,
-                                model.cfg.d_model), jnp.float32)  # fmt: skip
-            vecs = jnp.ones((n_lanes, len(jacdc.graph_of(model.graph_shape))), jnp.float32)
-            return (model, task, corrupted, prefix, vecs, st, "kl_div")
-
-        unrolled_job = pool.submit(lambda: compile_step(_acdc._eval_candidates, *unrolled_args()))
-    clean_sources = jax.block_until_ready(_acdc._clean_prefix_sources(model, task.clean))
-    evaluate = Evaluator(model, task, corrupted, clean_sources, n_lanes)
+        unrolled = evaluator(model, task, corrupted, n_lanes, layers="unrolled")
+        unrolled_job = pool.submit(lambda: compile_step(*unrolled.arguments(args.compare_unrolled)))
+    evaluate = evaluator(model, task, corrupted, n_lanes)
+    jax.block_until_ready(evaluate.clean())
     log(f"compiling the ACDC evaluator (every stage), EAP and SP on {workers} threads ...")
-    acdc_info = compile_step(_acdc._eval_scan, *evaluate.args(0))
+    fn, fn_args = evaluate.arguments(0)
+    acdc_info = compile_step(fn, *fn_args)
     compile_wall = time.perf_counter() - t_compile
     doc["acdc"] = {
         "memory": compare(acdc_est, acdc_info),
@@ -573,10 +549,12 @@ def main(argv=None) -> int:
             f"({probe['probe_s']:.1f} s)")  # fmt: skip
     else:
         tau = args.tau
-    del clean_sources, evaluate
+    del evaluate
     write()
     reserve = 20.0 if small else 100.0  # EAP and SP runs after ACDC
-    acdc_deadline = clock.elapsed + max(clock.left - reserve, 10.0)
+    acdc_deadline = (
+        math.inf if math.isinf(budget) else clock.elapsed + max(clock.left - reserve, 10.0)
+    )
     try:
         acdc = run_acdc(model, task, tau, n_lanes, acdc_deadline, clock)
         acdc["achieved_vs_peak"] = vs_peak(acdc["achieved_flops_per_s"])
@@ -598,25 +576,22 @@ def main(argv=None) -> int:
     if unrolled_job is not None:
         st = args.compare_unrolled
         try:
-            info = unrolled_job.result(timeout=max(min(clock.left - 60.0, 120.0), 1.0))
+            info = unrolled_job.result(timeout=clock.timeout(reserve=60.0, cap=120.0))
             if "error" in info:
                 raise RuntimeError(info["error"])
-            ev = Evaluator(model, task, corrupted,
-                           _acdc._clean_prefix_sources(model, task.clean), n_lanes)  # fmt: skip
+            ev = evaluator(model, task, corrupted, n_lanes)
             rng = np.random.default_rng(args.seed)
             vecs = (rng.uniform(size=(n_lanes, ev.n_edges)) > 0.01).astype(np.float32)
-            u_args = unrolled_args()
-            u_args = u_args[:3] + (ev.clean if st else u_args[3], jnp.asarray(vecs)) + u_args[5:]
 
-            def timed(fn, a, reps=5):
-                out = np.asarray(fn(*a))  # warm
+            def timed(call, reps=5):
+                out = call(st, vecs)  # warm
                 t = time.perf_counter()
                 for _ in range(reps):
-                    out = np.asarray(fn(*a))
+                    out = call(st, vecs)
                 return (time.perf_counter() - t) / reps, out
 
-            s_call, s_out = timed(_acdc._eval_scan, ev.args(st, vecs))
-            u_call, u_out = timed(_acdc._eval_candidates, u_args)
+            s_call, s_out = timed(ev)
+            u_call, u_out = timed(unrolled)
             doc["scan_vs_unrolled"] = {
                 "stage": st, "lanes": n_lanes, "unrolled_compile_s": info.get("compile_s"),
                 "scan_call_ms": 1e3 * s_call, "unrolled_call_ms": 1e3 * u_call,
@@ -635,7 +610,7 @@ def main(argv=None) -> int:
 
     # ---- EAP ----
     try:
-        info = eap_job.result(timeout=max(clock.left, 1.0))
+        info = eap_job.result(timeout=clock.timeout())
         if "error" in info:
             raise RuntimeError(info["error"])
         t = time.perf_counter()
@@ -668,14 +643,14 @@ def main(argv=None) -> int:
     try:
         left = clock.left
         log(f"SP: waiting for its compilation ({left:.0f} s of the budget left) ...")
-        info = sp_job.result(timeout=max(left, 1.0))
+        info = sp_job.result(timeout=clock.timeout())
         sp_doc.update({"memory": compare(sp_est, info), "compile_s": info.get("compile_s")})
         if "error" in info:
             raise RuntimeError(info["error"])
         if free is not None and info["total"] > 0.95 * free:
             raise RuntimeError(f"XLA needs {info['total']} bytes, {free} free: not run")
         t = time.perf_counter()
-        out = _sp._sp_train(*sp_args)  # compiled ahead: this call only runs
+        out = engine.sp_train(*sp_args)  # compiled ahead: this call only runs
         jax.block_until_ready(out)
         warm = time.perf_counter() - t
         step_flops = n_lam * 3 * stage_flops(model, sp_task, 0)

@@ -8,6 +8,7 @@ from ._acdc import (
     acdc_nodes as acdc_nodes,
     acdc_sweep as acdc_sweep,
 )
+from ._cache import enable_compilation_cache as _enable_compilation_cache
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,
@@ -69,3 +70,8 @@ try:
     __version__ = importlib.metadata.version("jacdc")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
+
+
+# JAX's persistent compilation cache, on by default in the per-user cache folder
+# (`JACDC_NO_CACHE=1` turns it off, `JACDC_CACHE_DIR` moves it; see `jacdc._cache`).
+_enable_compilation_cache()

@@ -28,27 +28,18 @@ skipped, which is how a dead head loses its q/k/v edges.
   positions the metric reads.
 """
 
-import collections
 import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from ._evaluators import TRACE_COUNTS as TRACE_COUNTS, Evaluator
 from ._graph import QKV, Graph, GraphShape, graph_of
 from ._patching import ablation_sources, metric_of_mask
-from ._sharding import LANE, mesh_shape, place, sources_to_dtype, to_host
-from .models import stack_blocks
-
-
-# Traces of the fast engine's compiled evaluator, by stage (a Python side effect runs only while
-# tracing): tests assert one compilation per input shape with it.
-TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,67 +413,6 @@ def _record(graph, i, node, before, after, delta, removed, skipped) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
-def _eval_candidates(model, task, corrupted, prefix, vecs, stage: int, metric: str):
-    """Metric of each candidate circuit (rows of `vecs`, per-edge 0/1 values), running the
-    unrolled forward from the static `stage` on with the cached clean `prefix` (at least the
-    sources before `stage`). One compilation per stage: the reference path of `_eval_scan`."""
-    TRACE_COUNTS[(stage, vecs.shape)] += 1
-    graph = graph_of(model.graph_shape)
-    masks = graph.from_vector(vecs)
-
-    def one(mask):
-        def example(tokens, corr, pre):
-            return model.run_from(stage, tokens, mask, corr, pre, None, task.logit_positions)
-
-        logits = jax.vmap(example)(task.clean, corrupted, prefix)
-        return task.metrics[metric](logits)
-
-    return jax.vmap(one)(masks)
-
-
-@eqx.filter_jit
-def _eval_scan(model, task, corrupted, clean, vecs, stage, metric: str, stacked):
-    """`_eval_candidates` through the scan-over-layers forward: `stage` is a traced int32 and
-    `clean` the clean run's whole source buffer, so one compilation serves every stage. With
-    `clean=None` every call is a whole forward from the embeddings (no suffix recomputation)."""
-    TRACE_COUNTS[("scan", vecs.shape, clean is None)] += 1
-    graph = graph_of(model.graph_shape)
-    masks = graph.from_vector(vecs)
-
-    def one(mask):
-        if clean is None:
-
-            def example(tokens, corr):
-                logits, _ = model._forward_scan(
-                    tokens, mask, corr, None, None, None, task.logit_positions, stacked
-                )
-                return logits
-
-            logits = jax.vmap(example)(task.clean, corrupted)
-        else:
-
-            def example(tokens, corr, buf):
-                return model.run_from_scan(
-                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked
-                )
-
-            logits = jax.vmap(example)(task.clean, corrupted, clean)
-        return task.metrics[metric](logits)
-
-    return jax.vmap(one)(masks)
-
-
-_stack_blocks = eqx.filter_jit(stack_blocks)
-
-
-@eqx.filter_jit
-def _clean_prefix_sources(model, tokens):
-    from jacdc.models import clean_run
-
-    return clean_run(model, tokens)[1].resid
-
-
 def forward_flops(model, task) -> float:
     """Approximate FLOPs of one masked forward of the task's clean batch (weights, per-receiver
     mixing of sources, attention, and the unembedding at the metric positions)."""
@@ -514,80 +444,122 @@ def auto_candidates(model, task, n_states: int) -> int:
     return max(1, per_state * min(n_states, 4))
 
 
-class _Lanes:
-    """The fast engine's device side: the cached clean sources and the compiled evaluator.
+@dataclasses.dataclass
+class _SweepState:
+    """Host-side state of a lock-step sweep: one circuit, current metric, log and test count
+    per threshold."""
 
-    - `layers`: `"scan"` (one compilation for every stage) or `"unrolled"` (one per stage; the
-        reference path).
-    - `mesh`: a device mesh ([`jacdc._sharding.make_mesh`][]); candidates are split over its
-        `"lane"` axis (the task and model are expected to be placed on it already).
-    - `source_dtype`: store the corrupted sources and the cached clean sources in this dtype
-        (e.g. bf16 on accelerators; see [`jacdc._sharding.sources_to_dtype`][]).
-    """
+    circuits: list[_Circuit]
+    curs: list[float]
+    logs: list[list[dict]]
+    n_tests: list[int]
 
-    def __init__(
-        self, model, task, corrupted, metric, n_lanes, *, layers="scan", suffix=True,
-        mesh=None, source_dtype=None, on_call=None,
-    ):  # fmt: skip
-        if layers not in ("scan", "unrolled"):
-            raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
-        if source_dtype is not None:
-            corrupted = sources_to_dtype(corrupted, source_dtype)
-        self.model, self.task, self.corrupted, self.metric = model, task, corrupted, metric
-        self.n_lanes, self.layers, self.suffix = n_lanes, layers, suffix
-        self.source_dtype = source_dtype
-        self.on_call = on_call
-        self._clean = None
-        self._stacked = _stack_blocks(model) if layers == "scan" else None
-        self._lane_sharding = None
-        if mesh is not None and mesh_shape(mesh)[1] > 1:
-            from jax.sharding import NamedSharding, PartitionSpec
+    @classmethod
+    def start(cls, shape, graph, n: int, initial: float) -> "_SweepState":
+        return cls([_Circuit(shape, graph) for _ in range(n)], [initial] * n,
+                   [[] for _ in range(n)], [0] * n)  # fmt: skip
 
-            self._lane_sharding = NamedSharding(mesh, PartitionSpec(LANE, None))
-        self.n_calls = 0
-        self.n_evals = 0
-
-    def clean(self):
-        """The clean run's sources `(batch, src, seq, d_model)`, computed on first use."""
-        if self._clean is None:
-            clean = _clean_prefix_sources(self.model, self.task.clean)
-            if self.source_dtype is not None:
-                clean = sources_to_dtype(clean, self.source_dtype)
-            self._clean = clean
-        return self._clean
-
-    def _vecs(self, vecs: np.ndarray):
-        vecs = np.asarray(vecs, np.float32)
-        if self._lane_sharding is None:
-            return jnp.asarray(vecs)
-        return place(vecs, self._lane_sharding)
-
-    def evaluate(self, stage: int, vecs: np.ndarray, n_used: int) -> np.ndarray:
-        start = time.perf_counter()
-        self.n_calls += 1
-        self.n_evals += n_used
-        model, task = self.model, self.task
-        if not self.suffix:
-            stage = 0
-        if self.layers == "scan":
-            clean = self.clean() if self.suffix else None
-            out = _eval_scan(
-                model, task, self.corrupted, clean, self._vecs(vecs),
-                jnp.asarray(stage, jnp.int32), self.metric, self._stacked,
-            )  # fmt: skip
-        else:
-            if stage == 0:  # nothing precedes the embeddings: no clean run needed
-                d = model.cfg.d_model
-                prefix = jnp.zeros((task.batch, 0, task.seq, d), jnp.float32)
-            else:
-                prefix = self.clean()
-            out = _eval_candidates(
-                model, task, self.corrupted, prefix, self._vecs(vecs), stage, self.metric
+    def load(self, resume: dict) -> None:
+        for s, saved in enumerate(resume["states"]):
+            self.circuits[s].load_state(saved["circuit"])
+            self.curs[s], self.logs[s], self.n_tests[s] = (
+                saved["cur"],
+                saved["log"],
+                saved["n_tests"],
             )
-        values = np.asarray(to_host(out), np.float64)  # waits for the device
-        if self.on_call is not None:
-            self.on_call(stage, time.perf_counter() - start, n_used)
-        return values
+
+    def to_json(self) -> list[dict]:
+        return [
+            {"circuit": c.to_state(), "cur": cur, "log": log, "n_tests": n}
+            for c, cur, log, n in zip(self.circuits, self.curs, self.logs, self.n_tests)
+        ]
+
+
+def _skip_childless(state: _SweepState, node: Node, graph: Graph, pos: list[int]) -> None:
+    """States whose receiver has no present outgoing edge drop its incoming edges unchecked."""
+    for s, circuit in enumerate(state.circuits):
+        if node.kind != "resid_post" and not circuit.has_children(node):
+            for i in circuit.skip(node):
+                state.logs[s].append(_record(graph, i, node, state.curs[s], state.curs[s], 0.0,
+                                             True, True))  # fmt: skip
+            pos[s] = len(node.incoming)
+
+
+def _plan_call(state: _SweepState, node: Node, pos: list[int], n_lanes: int, n_edges: int,
+               max_tests: int | None):  # fmt: skip
+    """The candidates of one device call: `(vecs, plan, n_used)`, or `None` when every state is
+    done with `node`. States at the same point with the same circuit (common in sweeps: many
+    thresholds agree) share candidates; each group of states gets a speculative chain, candidate
+    `j` = its circuit with the next `j` edges removed. Lanes a short chain cannot use go to the
+    longer ones, so a call wastes lanes only when no chain can take them. `plan` holds
+    `(states, first lane, chain length)`."""
+    incoming = node.incoming
+    S = len(state.circuits)
+    active = [s for s in range(S) if pos[s] < len(incoming)
+              and (max_tests is None or state.n_tests[s] < max_tests)]  # fmt: skip
+    if not active:
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for s in active:
+        groups.setdefault((pos[s], state.circuits[s].present.tobytes()), []).append(s)
+    members = list(groups.values())
+    room = []  # the longest useful chain of each group
+    for g in members:
+        budget = min(len(incoming) if max_tests is None else max_tests - state.n_tests[s]
+                     for s in g)  # fmt: skip
+        room.append(max(0, min(len(incoming) - pos[g[0]], budget)))
+    lengths = [0] * len(members)
+    free = n_lanes
+    while free > 0:  # round-robin: as even as the chains allow
+        grew = False
+        for i in range(len(members)):
+            if free > 0 and lengths[i] < room[i]:
+                lengths[i] += 1
+                free -= 1
+                grew = True
+        if not grew:
+            break
+    vecs = np.empty((n_lanes, n_edges), np.float32)
+    plan, lane = [], 0
+    for g, k in zip(members, lengths):
+        if k == 0:
+            continue
+        first = g[0]
+        base = state.circuits[first].present.astype(np.float32)
+        for j in range(1, k + 1):
+            vec = base.copy()
+            vec[list(incoming[pos[first] : pos[first] + j])] = 0.0
+            vecs[lane + j - 1] = vec
+        plan.append((g, lane, k))
+        lane += k
+    vecs[lane:] = vecs[0] if lane > 0 else 1.0
+    return vecs, plan, lane
+
+
+def _apply_call(state: _SweepState, node: Node, pos: list[int], plan, values, thresholds,
+                abs_value: bool, graph: Graph) -> None:  # fmt: skip
+    """Each state takes the longest prefix of its chain that passes and the first failure."""
+    incoming = node.incoming
+    for members, offset, k in plan:
+        for s in members:
+            for j in range(k):
+                i = incoming[pos[s]]
+                new = float(values[offset + j])
+                state.n_tests[s] += 1
+                _check_finite(new, f"after removing edge {graph.names[i]!r} (test "
+                                   f"{state.n_tests[s]}, threshold {thresholds[s]})")  # fmt: skip
+                delta = new - state.curs[s]
+                if abs_value:
+                    delta = abs(delta)
+                removed = bool(delta < thresholds[s])
+                state.logs[s].append(_record(graph, i, node, state.curs[s], new, delta, removed,
+                                             False))  # fmt: skip
+                pos[s] += 1
+                if removed:
+                    state.circuits[s].present[i] = False
+                    state.curs[s] = new
+                else:
+                    break  # later candidates assumed this edge removed: re-plan
 
 
 def _fast_sweep(
@@ -614,144 +586,62 @@ def _fast_sweep(
     shape = model.graph_shape
     graph = graph_of(shape)
     start = time.perf_counter()
-    S = len(thresholds)
-    lanes = _Lanes(
+    lanes = Evaluator(
         model, task, corrupted, metric, n_lanes, layers=layers, suffix=suffix, mesh=mesh,
         source_dtype=source_dtype, on_call=on_call,
     )  # fmt: skip
-    circuits = [_Circuit(shape, graph) for _ in range(S)]
     # The full model's metric, through the same compiled evaluator the run uses.
-    initial = float(
-        lanes.evaluate(2 * shape.n_layers, np.ones((n_lanes, len(graph)), np.float32), 1)[0]
-    )
+    initial = float(lanes.evaluate(2 * shape.n_layers, np.ones((n_lanes, len(graph))), 1)[0])
     lanes.n_calls, lanes.n_evals = 0, 0
     _check_finite(initial, "for the full model (no edge removed)")
-    curs = [initial] * S
-    logs: list[list[dict]] = [[] for _ in range(S)]
-    n_tests = [0] * S
+    state = _SweepState.start(shape, graph, len(thresholds), initial)
     first_node = 0
     if resume is not None:
         first_node = resume["next_node"]
-        for s in range(S):
-            circuits[s].load_state(resume["states"][s]["circuit"])
-            curs[s] = resume["states"][s]["cur"]
-            logs[s] = resume["states"][s]["log"]
-            n_tests[s] = resume["states"][s]["n_tests"]
+        state.load(resume)
         lanes.n_calls, lanes.n_evals = resume["n_calls"], resume["n_evals"]
     nodes = acdc_nodes(shape)
     done_nodes = 0
     for node_index in range(first_node, len(nodes)):
         node = nodes[node_index]
-        incoming = node.incoming
-        if max_tests is not None and min(n_tests) >= max_tests:
+        if max_tests is not None and min(state.n_tests) >= max_tests:
             break
-        pos = [0] * S
-        for s in range(S):
-            if node.kind != "resid_post" and not circuits[s].has_children(node):
-                for i in circuits[s].skip(node):
-                    logs[s].append(_record(graph, i, node, curs[s], curs[s], 0.0, True, True))
-                pos[s] = len(incoming)
-        while True:
-            active = [
-                s
-                for s in range(S)
-                if pos[s] < len(incoming) and (max_tests is None or n_tests[s] < max_tests)
-            ]
-            if not active:
+        pos = [0] * len(thresholds)  # each state's next edge into `node`
+        _skip_childless(state, node, graph, pos)
+        while call := _plan_call(state, node, pos, lanes.n_lanes, len(graph), max_tests):
+            vecs, plan, n_used = call
+            if not plan:
                 break
-            # States at the same point with the same circuit (common in sweeps: many
-            # thresholds agree) share their candidates.
-            groups: dict[tuple, list[int]] = {}
-            for s in active:
-                groups.setdefault((pos[s], circuits[s].present.tobytes()), []).append(s)
-            per = max(1, lanes.n_lanes // len(groups))
-            vecs = np.empty((lanes.n_lanes, len(graph)), np.float32)
-            plan = []  # (states, lane offset, count)
-            lane = 0
-            for members in groups.values():
-                first = members[0]
-                budget = min(
-                    len(incoming) if max_tests is None else max_tests - n_tests[s] for s in members
-                )
-                k = min(per, len(incoming) - pos[first], lanes.n_lanes - lane, budget)
-                if k <= 0:
-                    continue
-                base = circuits[first].present.astype(np.float32)
-                for j in range(1, k + 1):
-                    vec = base.copy()
-                    vec[list(incoming[pos[first] : pos[first] + j])] = 0.0
-                    vecs[lane + j - 1] = vec
-                plan.append((members, lane, k))
-                lane += k
-            vecs[lane:] = vecs[0] if lane > 0 else 1.0
-            values = lanes.evaluate(node.stage, vecs, lane)
-            for members, offset, k in plan:
-                for s in members:
-                    for j in range(k):
-                        i = incoming[pos[s]]
-                        new = float(values[offset + j])
-                        n_tests[s] += 1
-                        _check_finite(
-                            new,
-                            f"after removing edge {graph.names[i]!r} (test {n_tests[s]}, "
-                            f"threshold {thresholds[s]})",
-                        )
-                        delta = new - curs[s]
-                        if abs_value:
-                            delta = abs(delta)
-                        removed = bool(delta < thresholds[s])
-                        logs[s].append(_record(graph, i, node, curs[s], new, delta, removed, False))
-                        pos[s] += 1
-                        if removed:
-                            circuits[s].present[i] = False
-                            curs[s] = new
-                        else:
-                            break  # later candidates assumed this edge removed: re-plan
+            values = lanes.evaluate(node.stage, vecs, n_used)
+            _apply_call(state, node, pos, plan, values, thresholds, abs_value, graph)
             if progress is not None:
-                progress(
-                    sum(n_tests),
-                    sum(int((~c.present).sum()) for c in circuits),
-                    curs[0],
-                )
+                removed = sum(int((~c.present).sum()) for c in state.circuits)
+                progress(sum(state.n_tests), removed, state.curs[0])
         done_nodes += 1
         if checkpoint is not None:
-            checkpoint(
-                {
-                    "next_node": node_index + 1,
-                    "states": [
-                        {
-                            "circuit": circuits[s].to_state(),
-                            "cur": curs[s],
-                            "log": logs[s],
-                            "n_tests": n_tests[s],
-                        }
-                        for s in range(S)
-                    ],
-                    "n_calls": lanes.n_calls,
-                    "n_evals": lanes.n_evals,
-                }
-            )
+            checkpoint({"next_node": node_index + 1, "states": state.to_json(),
+                        "n_calls": lanes.n_calls, "n_evals": lanes.n_evals})  # fmt: skip
         if stop_after_nodes is not None and done_nodes >= stop_after_nodes:
             raise KeyboardInterrupt(f"stopped after {done_nodes} nodes (stop_after_nodes)")
     wall = time.perf_counter() - start
     return [
         ACDCResult(
-            present=circuits[s].present.copy(),
+            present=state.circuits[s].present.copy(),
             threshold=float(thresholds[s]),
             metric_name=metric,
             zero_ablation=zero_ablation,
             abs_value=abs_value,
             engine="fast",
-            metric=curs[s],
+            metric=state.curs[s],
             initial_metric=initial,
-            n_tests=n_tests[s],
+            n_tests=state.n_tests[s],
             n_forward=lanes.n_evals,
             n_calls=lanes.n_calls,
-            log=logs[s],
+            log=state.logs[s],
             graph_shape=shape,
             wall_time=wall,
         )
-        for s in range(S)
+        for s in range(len(thresholds))
     ]
 
 

@@ -6,6 +6,7 @@
     jacdc sweep TASK --thresholds T [T ...] | --paper-thresholds  [same options]
     jacdc roc TASK --algorithms acdc,sp,hisp,eap,eap-ig,edge-pruning [--zero-ablation]
     jacdc draw RESULT.json
+    jacdc cache info|clear
 
 Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -31,6 +32,12 @@ class CLIError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jacdc", description="Automated circuit discovery for transformers, in JAX."
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write jacdc's caches (compiled tracr models, JAX's compilation "
+        "cache); also JACDC_NO_CACHE=1. May also follow the command",
     )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list the tasks")
@@ -138,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("draw", help="render a result's circuit (DOT, and SVG/PNG with Graphviz)")
     dr.add_argument("result", help="a result .json")
     dr.add_argument("--format", choices=("svg", "png", "dot"), default="svg")
+    c = sub.add_parser("cache", help="show or clear jacdc's on-disk caches (JACDC_CACHE_DIR)")
+    c.add_argument("action", choices=("info", "clear"))
+    c.add_argument("--part", choices=("xla", "tracr"), help="only this part (default: both)")
     return p
 
 
@@ -561,15 +571,41 @@ def cmd_draw(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from jacdc import _cache
+
+    parts = (args.part,) if args.part else _cache.PARTS
+    if args.action == "clear":
+        removed = _cache.clear_cache(parts)
+        for part, n in removed.items():
+            print(f"{part}: removed {n} files from {_cache.cache_dir() / part}")
+        return 0
+    info = _cache.cache_info()
+    state = "off (JACDC_NO_CACHE)" if info["disabled"] else "on"
+    print(f"jacdc cache: {info['dir']} ({state})")
+    for part in parts:
+        d = info["parts"][part]
+        print(f"  {part}: {d['files']} files, {d['bytes'] / 2**20:.1f} MiB in {d['path']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--no-cache" in argv:  # a top-level option, also accepted after the command
+        argv = ["--no-cache"] + [a for a in argv if a != "--no-cache"]
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.no_cache:
+        from jacdc import _cache
+
+        _cache.disable_caches()
     commands = {
         "tasks": cmd_tasks,
         "discover": cmd_discover,
         "sweep": cmd_sweep,
         "roc": cmd_roc,
         "draw": cmd_draw,
+        "cache": cmd_cache,
     }
     try:
         return commands[args.command](args)

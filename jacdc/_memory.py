@@ -263,7 +263,7 @@ def acdc_memory(
     - `batch`, `seq`: the task's shape; `n_pos`: metric positions (`len(logit_positions)`).
     - `candidates`: lanes per device call (`acdc_sweep(candidates=...)`).
     - `task`: the task itself, to count its arrays exactly (else: tokens + a KL metric).
-    - `mesh_shape`: `(n_batch, n_lane)` from [`jacdc._sharding.make_mesh`][].
+    - `mesh_shape`: `(n_batch, n_lane)` from [`jacdc._mesh.make_mesh`][].
     - `source_dtype`: dtype of the stored source buffers (`jnp.bfloat16` halves them).
     - `stage`: one call starting at this stage; `None`: the run's worst stage.
     - `suffix`: the engine's suffix recomputation (`False`: every call starts at stage 0 and
@@ -587,7 +587,7 @@ def xla_memory(
     `suffix`; with `"unrolled"` the function of `stage`),
     `"eap"` (the mask gradient at `steps` points) or `"sp"` (`n_steps` steps of `n_lambdas`
     lanes). `task`: a task (or its abstract shape) to use instead of tokens + a KL metric."""
-    from . import _acdc, _eap, _sp
+    from . import _eap, _evaluators, _sp
     from ._graph import graph_of
 
     model, task, sources = _abstract_inputs(cfg, batch, seq, n_pos, task)
@@ -598,7 +598,7 @@ def xla_memory(
         vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
         stacked = jax.eval_shape(stack_blocks, model)
         return _compiled_memory(
-            lambda m, t, c, p, v, st, b: _acdc._eval_scan(m, t, c, p, v, st, metric, b),
+            lambda m, t, c, p, v, st, b: _evaluators.evaluate_scan(m, t, c, p, v, st, metric, b),
             model, task, sources, clean, vecs, _sds((), jnp.int32), stacked,
         )  # fmt: skip
     if algorithm == "acdc":
@@ -606,7 +606,7 @@ def xla_memory(
         prefix = _sds((batch, n, seq, cfg.d_model))
         vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
         return _compiled_memory(
-            lambda m, t, c, p, v: _acdc._eval_candidates(m, t, c, p, v, stage, metric),
+            lambda m, t, c, p, v: _evaluators.evaluate_unrolled(m, t, c, p, v, stage, metric),
             model, task, sources, prefix, vecs,
         )  # fmt: skip
     if algorithm == "eap":

@@ -28,6 +28,7 @@ from ._tokenizer import GPT2Tokenizer as GPT2Tokenizer, gpt2_tokenizer as gpt2_t
 from ._tracr import (
     TracrCompileError as TracrCompileError,
     TracrMetadata as TracrMetadata,
+    cached_tracr_model as cached_tracr_model,
     compile_rasp as compile_rasp,
     compile_tracr as compile_tracr,
     ground_truth_subspaces as ground_truth_subspaces,

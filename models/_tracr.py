@@ -56,7 +56,7 @@ reverse's holds 6 more edges: the BOS-fallback edges of its last head (every tra
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -327,6 +327,13 @@ def load_tracr_model(
     scale `sqrt(key_size)`; its logits are tracr's output-space values (`d_vocab_out` categories,
     or 1 for numerical programs). See [`TracrMetadata`][] for encoding and decoding.
     """
+    cfg, params, metadata = _tracr_parts(assembled, output_label, program_name)
+    return Transformer.from_params(cfg, **params), metadata
+
+
+def _tracr_parts(assembled, output_label, program_name):
+    """`(cfg, from_params keyword arguments, metadata)` of a tracr model (see
+    [`load_tracr_model`][]): NumPy arrays only, so they can be cached on disk."""
     params = getattr(assembled, "params", None)
     tcfg = getattr(assembled, "model_config", None)
     labels = getattr(assembled, "residual_labels", None)
@@ -435,9 +442,7 @@ def load_tracr_model(
         causal=bool(getattr(tcfg, "causal", False)),
         attn_scale=math.sqrt(d_head),
     )
-    model = Transformer.from_params(
-        cfg, w_e=w_e, w_pos=w_pos, blocks=blocks, ln_final=None, w_u=w_u, b_u=None
-    )
+    params = dict(w_e=w_e, w_pos=w_pos, blocks=blocks, ln_final=None, w_u=w_u, b_u=None)
     encoding = dict(in_enc.encoding_map)
     bos = in_enc.bos_token
     pad = getattr(in_enc, "pad_token", None)
@@ -461,7 +466,7 @@ def load_tracr_model(
         max_seq_len=w_pos.shape[0] - 1,
         causal=cfg.causal,
     )
-    return model, metadata
+    return cfg, params, metadata
 
 
 def compile_rasp(
@@ -548,6 +553,153 @@ def compile_tracr(
         mlp_exactness=mlp_exactness,
     )
     return load_tracr_model(assembled, output_label=program.label, program_name=program.label)
+
+
+# ---- the on-disk cache -------------------------------------------------------------------------
+
+
+_TOKEN_TYPES = {"int": int, "str": str, "float": float, "bool": bool}
+
+
+def _token_to_json(tok):
+    kind = type(tok).__name__
+    if kind not in _TOKEN_TYPES:
+        raise TypeError(f"token {tok!r} of type {kind} cannot be cached")
+    return [kind, tok]
+
+
+def _token_from_json(pair):
+    kind, value = pair
+    return _TOKEN_TYPES[kind](value)
+
+
+_BLOCK_ARRAYS = ("w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "b_o", "w_in", "b_in",
+                 "w_out", "b_out")  # fmt: skip
+
+
+def _to_entry(cfg: TransformerConfig, params: dict, md: TracrMetadata) -> tuple[dict, dict]:
+    arrays = {"w_e": params["w_e"], "w_pos": params["w_pos"], "w_u": params["w_u"]}
+    for i, blk in enumerate(params["blocks"]):
+        for name in _BLOCK_ARRAYS:
+            arrays[f"blocks.{i}.{name}"] = np.asarray(blk[name], np.float32)
+    decoding = md.output_decoding
+    meta = {
+        "cfg": dataclasses.asdict(cfg),
+        "metadata": {
+            "program_name": md.program_name,
+            "input_encoding": [[_token_to_json(t), i] for t, i in md.input_encoding.items()],
+            "output_decoding": None if decoding is None
+            else [[i, _token_to_json(v)] for i, v in decoding.items()],
+            "numerical": md.numerical,
+            "residual_labels": list(md.residual_labels),
+            "output_labels": list(md.output_labels),
+            "bos_token": _token_to_json(md.bos_token),
+            "bos_id": md.bos_id,
+            "pad_token": None if md.pad_token is None else _token_to_json(md.pad_token),
+            "pad_id": md.pad_id,
+            "max_seq_len": md.max_seq_len,
+            "causal": md.causal,
+        },
+    }  # fmt: skip
+    return meta, arrays
+
+
+def _from_entry(meta: dict, arrays: dict) -> tuple[Transformer, TracrMetadata]:
+    """The model and metadata of a cache entry; raises if its structure is not what
+    [`_to_entry`][] writes (the shapes are checked by `Transformer.from_params`)."""
+    cfg = TransformerConfig(**meta["cfg"])
+    if cfg.normalization != "none" or cfg.positional != "separate" or not cfg.has_mlp:
+        raise ValueError("not a tracr configuration")
+    want = {"w_e", "w_pos", "w_u"} | {
+        f"blocks.{i}.{n}" for i in range(cfg.n_layers) for n in _BLOCK_ARRAYS
+    }
+    if set(arrays) != want:
+        raise ValueError(f"unexpected arrays {sorted(set(arrays) ^ want)[:4]}")
+    blocks = [
+        dict({n: arrays[f"blocks.{i}.{n}"] for n in _BLOCK_ARRAYS}, ln1=None, ln2=None)
+        for i in range(cfg.n_layers)
+    ]
+    model = Transformer.from_params(
+        cfg, w_e=arrays["w_e"], w_pos=arrays["w_pos"], blocks=blocks, ln_final=None,
+        w_u=arrays["w_u"], b_u=None,
+    )  # fmt: skip
+    m = meta["metadata"]
+    decoding = m["output_decoding"]
+    md = TracrMetadata(
+        program_name=m["program_name"],
+        input_encoding={_token_from_json(t): int(i) for t, i in m["input_encoding"]},
+        output_decoding=None if decoding is None
+        else {int(i): _token_from_json(v) for i, v in decoding},
+        numerical=bool(m["numerical"]),
+        residual_labels=tuple(m["residual_labels"]),
+        output_labels=tuple(m["output_labels"]),
+        bos_token=_token_from_json(m["bos_token"]),
+        bos_id=int(m["bos_id"]),
+        pad_token=None if m["pad_token"] is None else _token_from_json(m["pad_token"]),
+        pad_id=m["pad_id"],
+        max_seq_len=int(m["max_seq_len"]),
+        causal=bool(m["causal"]),
+    )  # fmt: skip
+    if len(md.residual_labels) != cfg.d_model or len(md.output_labels) != cfg.vocab_out:
+        raise ValueError("metadata does not match the model's shape")
+    return model, md
+
+
+def tracr_version() -> str:
+    """The installed tracr distribution's version (read without importing tracr)."""
+    import importlib.metadata
+
+    for dist in ("tracr-pypi", "tracr"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def cached_tracr_model(
+    key: dict, build: Callable[[], tuple[Any, str]], program_name: str
+) -> tuple[Transformer, TracrMetadata]:
+    """A compiled tracr model from jacdc's on-disk cache ([`jacdc._cache`][]), compiled with
+    `build` and stored if it is not there (or not valid: rebuilt with a `CacheWarning`).
+
+    **Arguments:**
+
+    - `key`: everything the compiled model depends on, JSON-serialisable: the program (e.g.
+        its source and a description), vocabulary, maximum sequence length and compiler
+        options. The tracr version and the cache format are added here.
+    - `build`: `() -> (assembled, output_label)`, tracr's `AssembledTransformerModel` and the
+        label of the program's output SOp; called only on a miss (it imports tracr).
+    - `program_name`: stored in the metadata.
+
+    **Returns:** `(model, metadata)`, as [`load_tracr_model`][]. Reading a hit imports neither
+    tracr nor Haiku. With `JACDC_NO_CACHE=1` this is `load_tracr_model(*build())`.
+    """
+    import warnings
+
+    from jacdc import _cache
+
+    full_key = _cache.cache_key({"kind": "tracr-model", "tracr": tracr_version(),
+                                 "program_name": program_name, **key})  # fmt: skip
+    hit = _cache.read_entry("tracr", full_key)
+    if hit is not None:
+        try:
+            return _from_entry(*hit)
+        except Exception as err:  # structurally wrong: never trusted
+            warnings.warn(
+                f"Ignoring the jacdc cache entry for tracr program {program_name!r} "
+                f"({type(err).__name__}: {err}); recompiling it.", _cache.CacheWarning,
+                stacklevel=2,
+            )  # fmt: skip
+    assembled, label = build()
+    cfg, params, md = _tracr_parts(assembled, label, program_name)
+    try:
+        meta, arrays = _to_entry(cfg, params, md)
+    except TypeError:  # tokens JSON cannot type: not cached
+        meta = None
+    if meta is not None:
+        _cache.write_entry("tracr", full_key, meta, arrays)
+    return Transformer.from_params(cfg, **params), md
 
 
 # ---- residual stream and ground truth ------------------------------------------------------------

@@ -90,6 +90,7 @@ and asserted exactly by the tests:
 """
 
 import functools as ft
+import inspect
 import itertools
 from collections.abc import Callable
 
@@ -99,8 +100,8 @@ import numpy as np
 from jacdc.models import Transformer, clean_run
 from jacdc.models._tracr import (
     TracrMetadata,
+    cached_tracr_model,
     compile_rasp,
-    load_tracr_model,
     program_ground_truth,
 )
 
@@ -251,9 +252,20 @@ def tracr_assembled(name: str):
 
 @ft.lru_cache(maxsize=16)
 def tracr_model(name: str) -> tuple[Transformer, TracrMetadata]:
-    """The jacdc model and metadata of a tracr task's program (built once per process)."""
-    assembled, label = tracr_assembled(name)
-    return load_tracr_model(assembled, output_label=label, program_name=name)
+    """The jacdc model and metadata of a tracr task's program: built once per process, and
+    compiled only when jacdc's on-disk cache does not hold it (keyed by the program's builder
+    source and description, the compiler options and the tracr version; see
+    [`jacdc.models.cached_tracr_model`][])."""
+    program = name.removesuffix("-bos")
+    if program not in PROGRAMS:
+        raise ValueError(f"Unknown tracr program {name!r}; known: {sorted(PROGRAMS)}.")
+    key = {
+        "program": RASP[program],
+        "builder": inspect.getsource(PROGRAMS[program]),
+        "compiler": {"compiler_bos": BOS, "compiler_pad": "compiler_pad", "causal": False,
+                     "mlp_exactness": 100},
+    }  # fmt: skip
+    return cached_tracr_model(key, lambda: tracr_assembled(name), program_name=name)
 
 
 # ---- data helpers ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 
 # Session-scoped fixtures live in one module per area, so that parallel work never edits this
 # file: each area owns its `fixtures_*.py`.
-pytest_plugins = ["fixtures_tracr", "fixtures_lm"]
+pytest_plugins = ["fixtures_cache", "fixtures_tracr", "fixtures_lm"]
 
 
 @pytest.fixture

@@ -13,13 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_script_small_mode(tmp_path):
     out = tmp_path / "gpu.json"
     env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    # No timeout and no budget: on a loaded machine the small mode is slower, never different.
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--small", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["machine"]["platform"] == "cpu"
+    assert doc["budget_s"] is None  # --small: no clock can truncate or time out a phase
     acdc = doc["acdc"]
     assert not acdc["truncated"]
     assert acdc["edge_tests"] > 0 and acdc["edges_per_s"] > 0

@@ -1,0 +1,224 @@
+"""The fast ACDC engine's compiled evaluators: the one module that owns them.
+
+An *evaluator* maps candidate circuits to metric values in one device call: `vecs` `(lanes,
+edges)` holds one 0/1 value per counted edge and lane, and the call returns the task's metric of
+each lane's circuit on the clean batch, with the forward restarted at `stage` from the clean
+run's cached source outputs (every source before `stage` computes what it computes in the clean
+run while ACDC tests edges into a stage-`stage` receiver).
+
+- [`evaluate_scan`][]: the scan-over-layers forward with a *traced* `stage` (one compilation
+    serves every stage); the default.
+- [`evaluate_unrolled`][]: the unrolled forward, `stage` static (one compilation per stage);
+    the reference path.
+- [`clean_sources`][], [`stacked_blocks`][]: the cached inputs (the clean run's source outputs,
+    the block weights stacked over layers for the scan).
+- [`Evaluator`][]: what the engine holds between calls (the cached inputs, the lane sharding, the
+    counters), and the interface the memory model ([`jacdc._memory`][]), the floor model
+    ([`jacdc._floor`][]) and the benchmarks use: `evaluator(stage, vecs)` for values,
+    `evaluator.lower(stage)` for XLA's compiled step (memory and cost analysis).
+
+[`TRACE_COUNTS`][] counts traces by input shape (tests assert one compilation per shape).
+This module imports no algorithm: [`jacdc._acdc`][] builds on it, not the other way round.
+"""
+
+import collections
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._graph import graph_of
+from ._mesh import LANE, mesh_shape, place, sources_to_dtype, to_host
+from .models import clean_run, stack_blocks
+
+
+# Traces of the compiled evaluators, by stage/shape (a Python side effect runs only while
+# tracing): tests assert one compilation per input shape with it.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@eqx.filter_jit
+def evaluate_unrolled(
+    model, task, corrupted, prefix, vecs: Float[Array, "lanes edges"], stage: int, metric: str
+) -> Float[Array, " lanes"]:
+    """Metric of each candidate circuit (rows of `vecs`, per-edge 0/1 values), running the
+    unrolled forward from the static `stage` on with the cached clean `prefix` (at least the
+    sources before `stage`; shape `(batch, n, seq, d_model)`, `n = 0` at stage 0). One
+    compilation per stage: the reference path of [`evaluate_scan`][]."""
+    TRACE_COUNTS[(stage, vecs.shape)] += 1
+    graph = graph_of(model.graph_shape)
+    masks = graph.from_vector(vecs)
+
+    def one(mask):
+        def example(tokens, corr, pre):
+            return model.run_from(stage, tokens, mask, corr, pre, None, task.logit_positions)
+
+        logits = jax.vmap(example)(task.clean, corrupted, prefix)
+        return task.metrics[metric](logits)
+
+    return jax.vmap(one)(masks)
+
+
+@eqx.filter_jit
+def evaluate_scan(
+    model, task, corrupted, clean, vecs: Float[Array, "lanes edges"], stage, metric: str, stacked
+) -> Float[Array, " lanes"]:
+    """[`evaluate_unrolled`][] through the scan-over-layers forward: `stage` is a traced int32
+    and `clean` the clean run's whole source buffer `(batch, src, seq, d_model)`, so one
+    compilation serves every stage. `stacked`: [`stacked_blocks`][] of the model. With
+    `clean=None` every call is a whole forward from the embeddings (no suffix recomputation)."""
+    TRACE_COUNTS[("scan", vecs.shape, clean is None)] += 1
+    graph = graph_of(model.graph_shape)
+    masks = graph.from_vector(vecs)
+
+    def one(mask):
+        if clean is None:
+
+            def example(tokens, corr):
+                logits, _ = model._forward_scan(
+                    tokens, mask, corr, None, None, None, task.logit_positions, stacked
+                )
+                return logits
+
+            logits = jax.vmap(example)(task.clean, corrupted)
+        else:
+
+            def example(tokens, corr, buf):
+                return model.run_from_scan(
+                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked
+                )
+
+            logits = jax.vmap(example)(task.clean, corrupted, clean)
+        return task.metrics[metric](logits)
+
+    return jax.vmap(one)(masks)
+
+
+@eqx.filter_jit
+def stacked_blocks(model):
+    """[`jacdc.models.stack_blocks`][], jitted (one device call): the block weights stacked
+    over layers, as [`evaluate_scan`][] reads them."""
+    return stack_blocks(model)
+
+
+@eqx.filter_jit
+def clean_sources(model, tokens) -> Float[Array, "batch src seq d_model"]:
+    """The clean run's source outputs `(batch, src, seq, d_model)` (what every stage restarts
+    from)."""
+    return clean_run(model, tokens)[1].resid
+
+
+class Evaluator:
+    """The fast engine's device side: the cached clean sources and the compiled evaluator.
+
+    **Arguments:**
+
+    - `model`, `task`, `corrupted`, `metric`: what every call evaluates (`corrupted`: the
+        ablation's [`jacdc.models.Sources`][]).
+    - `n_lanes`: candidate circuits per call (the rows of `vecs`).
+    - `layers`: `"scan"` ([`evaluate_scan`][], one compilation for every stage) or
+        `"unrolled"` ([`evaluate_unrolled`][], one per stage; the reference path).
+    - `suffix`: restart at the stage asked for (`False`: every call runs from the embeddings).
+    - `mesh`: a device mesh ([`jacdc._mesh.make_mesh`][]); candidates are split over its
+        `"lane"` axis (the task and model are expected to be placed on it already).
+    - `source_dtype`: store the corrupted sources and the cached clean sources in this dtype
+        (e.g. bf16 on accelerators; see [`jacdc._mesh.sources_to_dtype`][]).
+    - `on_call`: called after every [`evaluate`][] as `on_call(stage, seconds, n_used)`.
+
+    `evaluator(stage, vecs)` returns the metric of each row as float64 NumPy;
+    [`evaluate`][] does the same and counts the call (`n_calls`, `n_evals`); [`lower`][] gives
+    JAX's lowered step for the same arguments (`.compile().cost_analysis()`, `.memory_analysis()`).
+    """
+
+    def __init__(
+        self, model, task, corrupted, metric: str, n_lanes: int, *, layers: str = "scan",
+        suffix: bool = True, mesh=None, source_dtype=None,
+        on_call: Callable[[int, float, int], None] | None = None,
+    ):  # fmt: skip
+        if layers not in ("scan", "unrolled"):
+            raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
+        if source_dtype is not None:
+            corrupted = sources_to_dtype(corrupted, source_dtype)
+        self.model, self.task, self.corrupted, self.metric = model, task, corrupted, metric
+        self.n_lanes, self.layers, self.suffix = n_lanes, layers, suffix
+        self.n_edges = len(graph_of(model.graph_shape))
+        self.source_dtype = source_dtype
+        self.on_call = on_call
+        self._clean = None
+        self._stacked = stacked_blocks(model) if layers == "scan" else None
+        self._stages: dict[int, jax.Array] = {}
+        self._lane_sharding = None
+        if mesh is not None and mesh_shape(mesh)[1] > 1:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            self._lane_sharding = NamedSharding(mesh, PartitionSpec(LANE, None))
+        self.n_calls = 0
+        self.n_evals = 0
+
+    def clean(self):
+        """The clean run's sources `(batch, src, seq, d_model)`, computed on first use."""
+        if self._clean is None:
+            clean = clean_sources(self.model, self.task.clean)
+            if self.source_dtype is not None:
+                clean = sources_to_dtype(clean, self.source_dtype)
+            self._clean = clean
+        return self._clean
+
+    def _vecs(self, vecs):
+        if isinstance(vecs, jax.Array) and self._lane_sharding is None:
+            return vecs
+        vecs = np.asarray(vecs, np.float32)
+        if self._lane_sharding is None:
+            return jnp.asarray(vecs)
+        return place(vecs, self._lane_sharding)
+
+    def _stage(self, stage: int) -> jax.Array:
+        # One device scalar per stage, made once (not a host-to-device copy per call).
+        if stage not in self._stages:
+            self._stages[stage] = jnp.asarray(stage, jnp.int32)
+        return self._stages[stage]
+
+    def arguments(self, stage: int, vecs=None) -> tuple[Callable, tuple]:
+        """`(function, arguments)` of the call at `stage` (all-ones `vecs` by default):
+        `function(*arguments)` is the call, `function.lower(*arguments)` its lowering."""
+        if vecs is None:
+            vecs = np.ones((self.n_lanes, self.n_edges), np.float32)
+        model, task = self.model, self.task
+        if not self.suffix:
+            stage = 0
+        if self.layers == "scan":
+            clean = self.clean() if self.suffix else None
+            args = (model, task, self.corrupted, clean, self._vecs(vecs), self._stage(stage),
+                    self.metric, self._stacked)  # fmt: skip
+            return evaluate_scan, args
+        if stage == 0:  # nothing precedes the embeddings: no clean run needed
+            prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)
+        else:
+            prefix = self.clean()
+        args = (model, task, self.corrupted, prefix, self._vecs(vecs), stage, self.metric)
+        return evaluate_unrolled, args
+
+    def lower(self, stage: int = 0, vecs=None):
+        """JAX's lowered step at `stage` (a [`jax.stages.Lowered`][]): `.compile()` gives XLA's
+        `cost_analysis()` and `memory_analysis()` of exactly what [`evaluate`][] runs."""
+        fn, args = self.arguments(stage, vecs)
+        lowered = fn.lower(*args)
+        return getattr(lowered, "lowered", lowered)  # Equinox wraps JAX's `Lowered`
+
+    def __call__(self, stage: int, vecs) -> np.ndarray:
+        fn, args = self.arguments(stage, vecs)
+        return np.asarray(to_host(fn(*args)), np.float64)  # waits for the device
+
+    def evaluate(self, stage: int, vecs, n_used: int) -> np.ndarray:
+        """`self(stage, vecs)`, counted: `n_used` of the lanes hold real candidates."""
+        start = time.perf_counter()
+        self.n_calls += 1
+        self.n_evals += n_used
+        values = self(stage, vecs)
+        if self.on_call is not None:
+            self.on_call(stage if self.suffix else 0, time.perf_counter() - start, n_used)
+        return values
