@@ -8,7 +8,7 @@ from jacdc import tasks
 
 
 LM_OPTIONS = {"weights": "random-small", "n_val": 4, "n_test": 4}
-EXTRA = {"induction": {"seq_len": 24}}
+EXTRA = {"induction": {"seq_len": 24, "data": "jacdc"}}  # the paper's data files are not here
 
 
 def build(name):

@@ -391,6 +391,7 @@ def test_induction_token_file(tmp_path, tiny_induction_model, fmt):
     else:
         np.save(path, tokens)
     b = make_induction_task(tiny_induction_model, data=path, n_val=3, n_test=2)
+    assert b.info["data"] == str(path)
     np.testing.assert_array_equal(np.asarray(b.val.clean), tokens[:3])
     np.testing.assert_array_equal(np.asarray(b.test.clean), tokens[3:])
     positions = np.asarray(b.val.logit_positions)
@@ -407,10 +408,10 @@ def test_induction_errors(tiny_induction_model):
 
     with pytest.raises(ValueError, match="Tokenizer mismatch"):
         make_induction_task(
-            tiny_induction_model, seq_len=10, n_val=2, n_test=2, token_range=(0, 30)
+            tiny_induction_model, seq_len=10, n_val=2, n_test=2, token_range=(0, 30), data="jacdc"
         )
     with pytest.raises(ValueError, match="n_ctx"):
-        make_induction_task(tiny_induction_model, seq_len=40, n_val=2, n_test=2)
+        make_induction_task(tiny_induction_model, seq_len=40, n_val=2, n_test=2, data="jacdc")
 
 
 # ---- registry, weights ---------------------------------------------------------------------
@@ -444,7 +445,7 @@ def test_resolve_model(make_lm_model):
 
 @pytest.mark.slow
 def test_random_small_weights():
-    b = load_task("induction", weights="random-small", seq_len=16, n_val=2, n_test=2)
+    b = load_task("induction", weights="random-small", seq_len=16, n_val=2, n_test=2, data="jacdc")
     assert b.model.cfg.positional == "shortformer" and b.model.cfg.d_vocab == 50259
     assert b.model.cfg.n_layers == 2 and b.model.cfg.d_model == 64
     with pytest.raises(ValueError, match="not both"):
@@ -483,7 +484,9 @@ def test_induction_checkpoint_round_trip(tmp_path, tiny_induction_model, fmt):
         pytest.importorskip("torch")
     train = _example("train_induction")
     folder = train.save(tiny_induction_model, str(tmp_path / "model"), fmt)
-    loaded = load_task("induction", weights=folder, seq_len=12, n_val=2, n_test=2).model
+    loaded = load_task(
+        "induction", weights=folder, seq_len=12, n_val=2, n_test=2, data="jacdc"
+    ).model
     assert loaded.cfg == tiny_induction_model.cfg
     tokens = jnp.asarray(repeated_token_sequences(2, 12, (0, 20), seed=0)[0])
     from jacdc.models import clean_run
