@@ -57,7 +57,6 @@ SHUFFLE_SEED = 42
 PAPER_INDUCTION_REPO = "ArthurConmy/redwood_attn_2l"
 PAPER_INDUCTION_FILES = ("validation_data.pt", "mask_repeat_candidates.pkl")
 """The original's token rows and repeat-candidate mask, in the hub repo of redwood_attn_2l."""
-INDUCTION_DATA = ("paper", "jacdc")
 _GET_PAPER_DATA = (
     f"`hf download {PAPER_INDUCTION_REPO} {' '.join(PAPER_INDUCTION_FILES)} --local-dir DIR` "
     "on a machine with network access, then pass data_dir=DIR (or keep the files in the folder "
