@@ -171,7 +171,8 @@ def test_scores_sum_over_metric_elements(tiny):
         return task.metrics["pos"].elements(logits)  # (batch, pos)
 
     def at(vec):
-        return np.asarray(elements_of(jax.tree.map(jnp.asarray, jacdc._sp.units_from_vector(shape, vec))))
+        node = jacdc._sp.units_from_vector(shape, vec)
+        return np.asarray(elements_of(jax.tree.map(jnp.asarray, node)))
 
     eps = 1e-2
     fd = np.zeros((task.batch, 2, n_units))
