@@ -141,7 +141,6 @@ def test_dataset_replays_the_builtin_data(tmp_path, capsys):
         tmp_path,
         clean=np.asarray(bundle.val.clean),
         corrupted=np.asarray(bundle.val.corrupted),
-        corrupted_positions=np.asarray(bundle.val.corrupted_positions[0]),
     )
     code, out, _ = run(
         [
