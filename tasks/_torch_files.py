@@ -187,4 +187,6 @@ def read_torch_tensor(path: str | os.PathLike) -> np.ndarray:
         ) from None
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds a {type(obj).__name__}; expected one tensor.")
+    if obj.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        obj = obj.float()
     return obj.numpy()

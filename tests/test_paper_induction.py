@@ -59,6 +59,10 @@ def test_torch_files_read_without_torch(tmp_path, monkeypatch, legacy):
     for name, tensor in cases.items():
         torch.save(tensor, tmp_path / name, _use_new_zipfile_serialization=not legacy)
     torch.save({"a": torch.zeros(2)}, tmp_path / "dict", _use_new_zipfile_serialization=not legacy)
+    # A storage type this reader does not know goes to torch.load while torch is there.
+    complex_tensor = torch.randn(3, dtype=torch.complex64)
+    torch.save(complex_tensor, tmp_path / "complex", _use_new_zipfile_serialization=not legacy)
+    np.testing.assert_array_equal(read_torch_tensor(tmp_path / "complex"), complex_tensor.numpy())
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     for name, tensor in cases.items():
         array = read_torch_tensor(tmp_path / name)
@@ -67,6 +71,8 @@ def test_torch_files_read_without_torch(tmp_path, monkeypatch, legacy):
         np.testing.assert_array_equal(array, expected, err_msg=name)
     with pytest.raises(ValueError, match="holds a dict; expected one tensor"):
         read_torch_tensor(tmp_path / "dict")
+    with pytest.raises(ValueError, match="without torch: it holds torch.ComplexFloatStorage"):
+        read_torch_tensor(tmp_path / "complex")
     (tmp_path / "junk").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="without torch.*pip install torch==2.13.0"):
         read_torch_tensor(tmp_path / "junk")
