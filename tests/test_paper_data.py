@@ -368,3 +368,22 @@ def test_unknown_data_option(gpt2_vocab_model, gpt2_tok):
     for name in ("ioi", "greater-than"):
         with pytest.raises(ValueError, match="Unknown .* data 'orig'.*data='paper'"):
             load_task(name, model=gpt2_vocab_model, tokenizer=gpt2_tok, data="orig")
+
+
+def test_paper_draws_need_no_torch(gpt2_tok):
+    """The original's torch draws come from jacdc's own emulation: the same draws in a fresh
+    interpreter in which `import torch` fails."""
+    import subprocess
+    import sys
+
+    from jacdc.tasks._paper_data import paper_greater_than_draws
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from jacdc.tasks._paper_data import paper_greater_than_draws\n"
+        "print(paper_greater_than_draws(604, 200))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(paper_greater_than_draws(604, 200))
+    prompts = make_greater_than_prompts(gpt2_tok)
+    assert prompts.nouns == paper_greater_than_draws(604, 200)[0]  # 604 years with GPT-2's BPE
