@@ -3,6 +3,10 @@ checkpoints, tracr)."""
 
 from ._config import TransformerConfig as TransformerConfig
 from ._gpt2 import gpt2_config as gpt2_config, load_gpt2 as load_gpt2
+from ._processing import (
+    fold_value_biases as fold_value_biases,
+    value_bias_folding as value_bias_folding,
+)
 from ._tl import (
     KNOWN_CONFIGS as KNOWN_CONFIGS,
     from_transformer_lens_state_dict as from_transformer_lens_state_dict,

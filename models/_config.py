@@ -33,6 +33,9 @@ class TransformerConfig:
         default).
     - `ln_eps`: LayerNorm epsilon.
     - `attn_scale`: attention logits are divided by this; `None` means `sqrt(d_head)`.
+    - `fold_value_biases`: a record, not a setting of the forward pass: the weights had
+        TransformerLens's value-bias folding applied (`b_V = 0`, their contribution in `b_O`;
+        see `jacdc.models.fold_value_biases`), as the paper's loaders do by default.
     """
 
     n_layers: int
@@ -49,6 +52,7 @@ class TransformerConfig:
     causal: bool = True
     ln_eps: float = 1e-5
     attn_scale: float | None = None
+    fold_value_biases: bool = False
 
     def __post_init__(self):
         problems = []
