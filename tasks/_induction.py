@@ -266,15 +266,19 @@ def _paper_split(
     return _split(model, clean, mask[rows, :seq_len], corrupted, targets)
 
 
-def _check_model_fits(model: Transformer, name: str, tokens: np.ndarray) -> None:
+def _check_model_fits(
+    model: Transformer, name: str, tokens: np.ndarray, n_positions: int | None = None
+) -> None:
+    """Token ids within the vocabulary; `n_positions` (default: every column) within n_ctx."""
     if tokens.max() >= model.cfg.d_vocab or tokens.min() < 0:
         raise ValueError(
             f"Tokenizer mismatch: the induction {name} tokens lie in [{tokens.min()}, "
             f"{tokens.max()}] but the model's vocabulary is [0, {model.cfg.d_vocab})."
         )
-    if tokens.shape[1] > model.cfg.n_ctx:
+    n_positions = tokens.shape[1] if n_positions is None else n_positions
+    if n_positions > model.cfg.n_ctx:
         raise ValueError(
-            f"Induction sequences of {tokens.shape[1]} tokens exceed the model's n_ctx "
+            f"Induction sequences of {n_positions} tokens exceed the model's n_ctx "
             f"{model.cfg.n_ctx}; pass a smaller seq_len."
         )
 
@@ -319,7 +323,7 @@ def make_paper_induction_task(
         )
     val_rows, test_rows = slice(0, n_val), slice(n_val, n_val + n_test)
     for name, rows in (("validation", val_rows), ("test", test_rows)):
-        _check_model_fits(model, name, tokens[rows, : seq_len + 1])
+        _check_model_fits(model, name, tokens[rows, : seq_len + 1], seq_len)  # + the labels
     return TaskBundle(
         name="induction",
         model=model,
@@ -442,8 +446,11 @@ def load_induction_model(weights: str | os.PathLike) -> Transformer:
     if os.path.isdir(path) and os.path.isfile(config):
         with open(config, encoding="utf-8") as f:
             cfg = transformer_lens_config(json.load(f))
+        data_files = (*PAPER_INDUCTION_FILES, "good_induction_candidates.pt")  # not weights
         ckpts = sorted(
-            p for p in os.listdir(path) if p.endswith((".pth", ".pt", ".npz", ".safetensors"))
+            p
+            for p in os.listdir(path)
+            if p.endswith((".pth", ".pt", ".npz", ".safetensors")) and p not in data_files
         )
         if cfg != _redwood_config() and len(ckpts) == 1:
             return load_redwood_attn_2l(os.path.join(path, ckpts[0]), cfg=cfg)

@@ -167,3 +167,40 @@ def test_paper_induction_errors(tmp_path, tiny_induction_model):
         make_paper_induction_task(model, tokens, mask, n_val=4, n_test=4, seq_len=SEQ)
     with pytest.raises(ValueError, match="Tokenizer mismatch"):
         make_paper_induction_task(model, tokens + 20, mask, n_val=3, n_test=3, seq_len=SEQ)
+    labels_only = tokens.copy()
+    labels_only[:, SEQ] = 20  # out of the vocabulary only in the last position's labels
+    with pytest.raises(ValueError, match="Tokenizer mismatch"):
+        make_paper_induction_task(model, labels_only, mask, n_val=3, n_test=3, seq_len=SEQ)
+    long = np.concatenate([tokens] * 3, axis=1)  # 39 columns; the model's n_ctx is 32
+    long_mask = np.concatenate([mask] * 3, axis=1)
+    make_paper_induction_task(model, long[:, :33], long_mask[:, :33], n_val=3, n_test=3, seq_len=32)
+    with pytest.raises(ValueError, match="33 tokens exceed the model's n_ctx 32"):
+        make_paper_induction_task(model, long, long_mask, n_val=3, n_test=3, seq_len=33)
+
+
+def test_cli_induction_reads_the_paper_files_next_to_the_weights(tmp_path, capsys):
+    """`jacdc discover induction --weights FOLDER` with the model and the two data files in one
+    folder (as `hf download` of the hub repo leaves them): the paper's 50 + 50 rows of 300
+    positions (here on a tiny random 2-layer model), recorded as the task data."""
+    import importlib.util
+    import pathlib
+
+    from fixtures_lm import lm_config, numpy_random_model
+
+    from jacdc import _cli, _results
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_induction.py"
+    spec = importlib.util.spec_from_file_location("_example_train_induction", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    cfg = lm_config(n_layers=2, d_mlp=None, d_vocab=20, n_ctx=300, positional="shortformer")
+    folder = tmp_path / "redwood"
+    train.save(numpy_random_model(cfg, seed=3), str(folder))
+    rng = np.random.default_rng(3)
+    tokens, mask = rng.integers(0, 20, (101, 302)), rng.random((101, 302)) < 0.1
+    write_paper_files(folder, tokens, mask)
+    argv = ["discover", "induction", "--weights", str(folder), "--algorithm", "eap"]
+    code = _cli.main(argv + ["--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    doc = _results.read_result(tmp_path / "run" / "result.json")
+    assert doc["hyperparameters"]["task_data"] == "paper"
