@@ -3,6 +3,7 @@
     jacdc tasks
     jacdc discover TASK [--algorithm acdc] [--threshold T] [--zero-ablation] [--metric NAME]
                         [--out DIR] [--weights PATH] [--dataset FILE] [--engine fast|reference]
+                        [--data paper|jacdc] [--data-dir DIR]
     jacdc sweep TASK --thresholds T [T ...] | --paper-thresholds  [same options]
     jacdc roc TASK --algorithms acdc,sp,hisp,eap,eap-ig,edge-pruning [--zero-ablation]
     jacdc draw RESULT.json
@@ -13,6 +14,7 @@ Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, ne
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 import time
@@ -93,8 +95,22 @@ def _parser() -> argparse.ArgumentParser:
             "lambdas (docs/scale.md)",
         )
 
+    def data_options(sp):
+        sp.add_argument(
+            "--data",
+            choices=("paper", "jacdc"),
+            help="IOI, Greater-Than, Docstring, Induction: the original implementation's "
+            "prompts (paper; the default) or jacdc's own draws (jacdc)",
+        )
+        sp.add_argument(
+            "--data-dir",
+            help="induction: folder with the paper's validation_data.pt and "
+            "mask_repeat_candidates.pkl (default: the folder of --weights)",
+        )
+
     d = sub.add_parser("discover", help="find a circuit")
     common(d)
+    data_options(d)
     d.add_argument("--algorithm", choices=ALGORITHMS, default="acdc")
     d.add_argument(
         "--threshold",
@@ -125,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s = sub.add_parser("sweep", help="ACDC at several thresholds (one lock-step batch)")
     common(s)
+    data_options(s)
     group = s.add_mutually_exclusive_group(required=True)
     group.add_argument("--thresholds", type=float, nargs="+")
     group.add_argument(
@@ -140,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--zero-ablation", action="store_true")
     r.add_argument("--metric")
     r.add_argument("--weights")
+    data_options(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out")
     dr = sub.add_parser("draw", help="render a result's circuit (DOT, and SVG/PNG with Graphviz)")
@@ -161,7 +179,14 @@ def _load_bundle(args):
             "folder/file) or a hub id when online; `--weights random` gives a random-weight "
             "model for trying the pipeline."
         )
-    return tasks.load_task(args.task, weights=getattr(args, "weights", None), seed=args.seed)
+    options = {"weights": getattr(args, "weights", None), "seed": args.seed}
+    for flag, name in (("--data", "data"), ("--data-dir", "data_dir")):
+        value = getattr(args, name, None)
+        if value is not None:
+            if name not in inspect.signature(spec.build).parameters:
+                raise CLIError(f"Task {args.task!r} has no {flag} option.")
+            options[name] = value
+    return tasks.load_task(args.task, **options)
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
@@ -205,6 +230,8 @@ def _run_id(args, thresholds) -> dict:
         "seed": args.seed,
         "weights": args.weights,
         "dataset_sha256": dataset_hash,
+        "data": getattr(args, "data", None),
+        "data_dir": getattr(args, "data_dir", None),
         "engine": args.engine,
     }
 
@@ -309,6 +336,7 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
             "layers": args.layers if result.engine == "fast" else "unrolled",
             "dataset": args.dataset,
             "weights": args.weights,
+            "task_data": bundle.info.get("data"),
         },
         metrics=metrics,
         seed=args.seed,
@@ -329,7 +357,8 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
 def _default_out(args, suffix: str) -> Path:
     ablation = "zero" if args.zero_ablation else "corrupted"
     metric = f"-{args.metric}" if args.metric else ""
-    return Path("runs") / f"{args.task}-{suffix}{metric}-{ablation}"
+    data = f"-{args.data}-data" if getattr(args, "data", None) not in (None, "paper") else ""
+    return Path("runs") / f"{args.task}-{suffix}{metric}-{ablation}{data}"
 
 
 def cmd_tasks(args) -> int:
@@ -429,6 +458,7 @@ def _discover_other(args) -> int:
         "zero_ablation": args.zero_ablation,
         "dataset": args.dataset,
         "weights": args.weights,
+        "task_data": bundle.info.get("data"),
     }
     start = time.perf_counter()
     show = lambda e: print(f"jacdc: memory: {e}", file=sys.stderr)  # noqa: E731

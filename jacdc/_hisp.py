@@ -6,13 +6,29 @@ Reference §5.2. The units are SP's (each head's q, k, v outputs and each MLP ou
 1. Every unit gets a multiplicative mask fixed at 1 and no cache (its output is `m * x`), so
    `d metric / d m = sum over positions and dimensions of activation x gradient`: an attribution
    against a *zero* baseline, whatever the ablation used later.
-2. For each validation example `i` separately, the score of unit `u` is
-   `sum_i |d metric_i / d m_u|` (`metric_i` the task metric's `per_example` value). All examples
-   are differentiated in one backward pass, each with its own copy of the unit masks.
+2. The score of unit `u` is `sum_e |d metric_e / d m_u|` over the metric's **elements** `e`, the
+   values the original's `metric(..., return_one_element=False)` returns ([`metric_elements`][]):
+   one per example for IOI, Greater-Than and Docstring, one per (row, scored position) for
+   Induction's KL and NLL, one per (example, position, output dimension) for tracr's `l2`. Each
+   example has its own copy of the unit masks; one backward pass per element index (a single
+   one when each example has one element). For `l2` and `kl_div` the reference (the model's own
+   clean output) is recomputed in the same compiled program as the gradient, as the original's
+   was by the same forward: L2's gradient at the clean model is then exactly 0 (the original's
+   tracr HISP scores are all 0), not float noise.
 3. Scores are normalised within each layer by the L2 norm of that layer's concatenated q, k, v
-   and MLP scores.
+   and MLP scores, clamped below at `1e-6` as in the original (`norm.clamp(min=1e-6)`): a layer
+   whose scores are all tiny is divided by `1e-6`, not scaled up to norm 1.
 4. Units are pruned in ascending order of normalised score; the circuit after pruning the first
    `j` units is one point of the ROC (`j = 0..n_units`), scored by the cumulative prune score.
+
+**NaN on CPU (fixed).** XLA:CPU's YNNPACK dot fusions (on by default in jaxlib 0.10) returned NaN
+for every unit of GPT-2-architecture models at batch 100 under `jit`: the compiled HLO was
+identical between runs, yet whether the result was NaN changed from process to process (with
+the Python hash seed, i.e. the heap layout) and never within one: a kernel reading memory it did
+not write. With the YNN fusions off (`xla_cpu_experimental_ynn_fusion_type=""`) every run was
+finite. HISP's gradient is therefore compiled with that option on the CPU backend
+(`tests/test_hisp.py::test_finite_on_gpt2_shaped_model_at_batch_100` and
+`::test_cpu_compilation_has_no_ynn_fusion`).
 
 So the ordering, and the ROC, are identical for zero and corrupted ablation (the ablation only
 changes what a pruned unit outputs, which the ROC does not look at). Attention-only models have no
@@ -26,6 +42,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from ._sp import (
     NodeMask,
@@ -37,8 +54,44 @@ from ._sp import (
 )
 
 
-@eqx.filter_jit
-def _per_example_grads(model, task, metric: str):
+NORM_CLAMP = 1e-6
+"""The original's lower bound on each layer's score norm (`norm.clamp(min=1e-6)`)."""
+
+# XLA:CPU compile option that turns the YNNPACK fusions off (see the module docstring).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def metric_elements(metric, logits: Float[Array, "batch pos vocab"]) -> Float[Array, "batch elem"]:
+    """The values the original's `metric(..., return_one_element=False)` returns, per example:
+    `(batch, n_elements)`.
+
+    - [`jacdc.tasks.L2Metric`][]: every squared difference, per position and output dimension
+        (weighted by the position weight);
+    - [`jacdc.tasks.KLMetric`][], `NLLMetric`: one value per (example, position), times the
+        position weight (0 at unscored positions, so those contribute nothing);
+    - any other metric: its `per_example` value (one element per example). A metric may define
+        its own `elements(logits)` method instead.
+    """
+    from jacdc.tasks import KLMetric, L2Metric
+    from jacdc.tasks._common import NLLMetric
+
+    if hasattr(metric, "elements"):
+        out = metric.elements(logits)
+    elif isinstance(metric, L2Metric):
+        diff = logits[..., metric.dims] - metric.clean_logits[..., metric.dims]
+        out = diff * diff * metric.weights[..., None]
+    elif isinstance(metric, KLMetric):
+        out = metric._kl(logits) * metric.weights
+    elif isinstance(metric, NLLMetric):
+        out = metric._nll(logits) * metric.weights
+    else:
+        out = metric.per_example(logits)
+    return out.reshape(out.shape[0], -1)
+
+
+def _abs_element_grads(model, task, metric: str) -> NodeMask:
+    """Per example, `sum_e |d metric_e / d m_u|` over that example's elements (leading batch
+    axis on every leaf)."""
     from jacdc.models import empty_sources
 
     shape = model.graph_shape
@@ -47,15 +100,62 @@ def _per_example_grads(model, task, metric: str):
     positions = jnp.arange(task.seq)
     prefix = jnp.zeros((0, task.seq, model.cfg.d_model), jnp.float32)
 
-    def total(units):
+    def logits_of(units):
         def one(tokens, corr, unit):
             mask = node_edge_mask(shape, unit)
             return model.run_from(0, tokens, mask, corr, prefix, positions, task.logit_positions)
 
-        logits = jax.vmap(one)(task.clean, corrupted, units)
-        return task.metrics[metric].per_example(logits).sum()
+        return jax.vmap(one)(task.clean, corrupted, units)
 
-    return jax.grad(total)(units)
+    # L2 and KL measure the distance to the model's own clean outputs. The original computed
+    # that reference with the very forward it differentiated, so L2's gradient at the clean
+    # model is exactly 0 (all tracr HISP scores are 0 in its stored runs). The reference is
+    # therefore recomputed here, in the same compiled program, from the same all-ones masks.
+    from jacdc.tasks import KLMetric, L2Metric
+
+    m = task.metrics[metric]
+    if isinstance(m, (L2Metric, KLMetric)):
+        ref = jax.lax.stop_gradient(logits_of(units))
+        if isinstance(m, L2Metric):
+            m = eqx.tree_at(lambda x: x.clean_logits, m, ref)
+        else:
+            m = eqx.tree_at(lambda x: x.clean_logprobs, m, jax.nn.log_softmax(ref, axis=-1))
+
+    def elements(units):
+        return metric_elements(m, logits_of(units))
+
+    values, pullback = jax.vjp(elements, units)
+    n_elem = values.shape[1]
+
+    def one_element(e):
+        # Example i's element e depends on example i's masks only, so one pullback of the
+        # e-th element of every example gives all their gradients at once.
+        (grad,) = pullback(jnp.zeros_like(values).at[:, e].set(1.0))
+        return jax.tree.map(jnp.abs, grad)
+
+    if n_elem == 1:
+        return one_element(0)
+    return jax.tree.map(lambda g: g.sum(0), jax.lax.map(one_element, jnp.arange(n_elem)))
+
+
+def _compiled_grads(model, task, metric: str):
+    params, static = eqx.partition((model, task), eqx.is_array)
+    static_leaves, static_def = jax.tree.flatten(static)
+    shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
+    key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+
+        def run(params):
+            return _abs_element_grads(*eqx.combine(params, static), metric)
+
+        options = _CPU_OPTIONS if jax.default_backend() == "cpu" else None
+        compiled = jax.jit(run).lower(params).compile(options)
+        _COMPILED[key] = compiled
+    return compiled(params)
+
+
+_COMPILED: dict = {}
 
 
 class HISPResult(NamedTuple):
@@ -83,11 +183,11 @@ def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     shape = model.graph_shape
-    grads = _per_example_grads(model, task, metric)
+    grads = _compiled_grads(model, task, metric)
     raw = np.abs(unit_vector(shape, jax.tree.map(np.asarray, grads))).sum(0).astype(np.float64)
     per_layer = raw.reshape(shape.n_layers, -1)
     norms = np.linalg.norm(per_layer, axis=1, keepdims=True)
-    normed = np.where(norms > 0, per_layer / np.where(norms > 0, norms, 1.0), 0.0)
+    normed = per_layer / np.maximum(norms, NORM_CLAMP)
     return raw, normed.reshape(-1)
 
 

@@ -55,7 +55,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._graph import QKV, EdgeMask, GraphShape, graph_of
-from ._patching import ablation_sources, metric_value
+from ._patching import metric_value
 
 
 BETA = 2.0 / 3.0
@@ -196,12 +196,15 @@ def circuit_from_units(shape: GraphShape, keep: NodeMask) -> np.ndarray:
 
 def unit_ablation_sources(model, task, zero_ablation: bool):
     """The cache a unit is ablated to: the clean model's activations on the corrupted batch, or
-    (zero ablation, as in the original SP/HISP) all zeros, q/k/v biases included."""
-    from jacdc.models import empty_sources
+    (zero ablation, as in the original SP/HISP) all zeros, q/k/v biases included. The corrupted
+    run uses the ordinary positions even where the task shuffles them for ACDC
+    (`task.corrupted_positions`, tracr's `positions="shuffled"`): the original's SP cache never
+    shuffles positions."""
+    from jacdc.models import corrupted_sources, empty_sources
 
     if zero_ablation:
         return empty_sources(model.cfg, task.seq, (task.batch,))
-    return ablation_sources(model, task, False)
+    return corrupted_sources(model, task.corrupted)
 
 
 # ---- hard concrete ------------------------------------------------------------------------

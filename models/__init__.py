@@ -11,6 +11,10 @@ from ._hf import (
     read_hf_weights as read_hf_weights,
 )
 from ._hf_tokenizer import HFTokenizer as HFTokenizer, load_hf_tokenizer as load_hf_tokenizer
+from ._processing import (
+    fold_value_biases as fold_value_biases,
+    value_bias_folding as value_bias_folding,
+)
 from ._shard import (
     model_mesh as model_mesh,
     shard_params as shard_params,

@@ -95,6 +95,9 @@ class TransformerConfig:
         `None` = every layer global.
     - `weight_dtype`: storage dtype of the weights (`"float32"`, `"bfloat16"`, `"float16"`);
         activations and accumulation stay float32.
+    - `fold_value_biases`: a record, not a setting of the forward pass: the weights had
+        TransformerLens's value-bias folding applied (`b_V = 0`, their contribution in `b_O`;
+        see `jacdc.models.fold_value_biases`), as the paper's loaders do by default.
     """
 
     n_layers: int
@@ -123,6 +126,7 @@ class TransformerConfig:
     final_softcap: float | None = None
     sliding_window: tuple[int | None, ...] | int | None = None
     weight_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    fold_value_biases: bool = False
 
     def __post_init__(self):
         problems = []

@@ -474,7 +474,12 @@ def _download(repo_id: str) -> Path:
     return Path(folder)
 
 
-def load_gpt2(source: str | os.PathLike, *, ignore_config_keys: Iterable[str] = ()) -> Transformer:
+def load_gpt2(
+    source: str | os.PathLike,
+    *,
+    ignore_config_keys: Iterable[str] = (),
+    fold_value_biases: bool | None = None,
+) -> Transformer:
     """Loads a GPT-2 model saved in the Hugging Face format.
 
     **Arguments:**
@@ -484,9 +489,13 @@ def load_gpt2(source: str | os.PathLike, *, ignore_config_keys: Iterable[str] = 
         if no such folder exists, a Hugging Face Hub id such as `"openai-community/gpt2"`,
         downloaded with `huggingface_hub.snapshot_download` (needs network and the `hf` extra).
     - `ignore_config_keys`: `config.json` keys to ignore in addition to the built-in allow-list.
+    - `fold_value_biases`: fold `b_V` into `b_O` as TransformerLens's `from_pretrained` did for
+        the paper (`None`: on, unless inside `jacdc.models.value_bias_folding(False)`); recorded
+        in `cfg.fold_value_biases`. It changes zero-ablation and HISP results, not logits.
 
-    **Returns:** a [`jacdc.models.Transformer`][] with the raw (unfolded, uncentred) weights, so
-    its logits equal `transformers`' to float32 precision. The unembedding is `wte.T` when the
+    **Returns:** a [`jacdc.models.Transformer`][] with the raw weights (value biases folded
+    unless switched off; no LayerNorm folding or centring), so its logits equal
+    `transformers`' to float32 precision. The unembedding is `wte.T` when the
     embeddings are tied (GPT-2's default), with a zero bias. The attention-mask buffers
     (`attn.bias`, `attn.masked_bias`) are ignored.
 
@@ -523,4 +532,7 @@ def load_gpt2(source: str | os.PathLike, *, ignore_config_keys: Iterable[str] = 
         raise FileNotFoundError(f"{folder} has no {_WEIGHTS_FILE}.{hint}")
     tensors = _read_safetensors(weights_path)
     weights = _weights_from_tensors(tensors, cfg, tied, weights_path)
-    return Transformer.from_params(cfg, **weights)
+    model = Transformer.from_params(cfg, **weights)
+    from ._processing import fold_value_biases as fold, resolve_folding
+
+    return fold(model) if resolve_folding(fold_value_biases) else model

@@ -37,11 +37,11 @@ What is known about the two checkpoints (see `KNOWN_CONFIGS`):
   false`): neither was checked against this repo's own `config.json`. When the checkpoint comes
   from the hub, the downloaded `config.json` is parsed and takes precedence for these fields.
 
-TL's `from_pretrained` by default folds LayerNorm weights into the next layer and centres the
-weights that write to the residual stream and the unembedding; ACDC used those defaults for
-attn-only-4l (but not for redwood_attn_2l). Those transforms leave log-probabilities unchanged
-(centring the unembedding shifts each position's logits by a constant), so this loader keeps
-the raw weights.
+**Weight processing.** TL's `from_pretrained` folds value biases into `b_O` by default, for
+both models; so do these loaders (`fold_value_biases=True`, recorded in the config; see
+`jacdc.models._processing`): it changes zero-ablation and HISP results, so it is needed for the
+original's numbers. TL's LayerNorm folding and centring (used by ACDC for attn-only-4l, not for
+redwood_attn_2l) change no patched result and are not applied.
 """
 
 import dataclasses
@@ -56,6 +56,7 @@ import numpy as np
 
 from ._config import ACT_FNS, TransformerConfig
 from ._gpt2 import _read_safetensors
+from ._processing import fold_value_biases as _fold, resolve_folding
 from ._transformer import Transformer
 
 
@@ -168,7 +169,10 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def from_transformer_lens_state_dict(
-    state_dict: Mapping[str, Any], cfg: TransformerConfig
+    state_dict: Mapping[str, Any],
+    cfg: TransformerConfig,
+    *,
+    fold_value_biases: bool | None = None,
 ) -> Transformer:
     """Builds a [`jacdc.models.Transformer`][] from a TransformerLens `state_dict`.
 
@@ -179,8 +183,12 @@ def from_transformer_lens_state_dict(
         itself is not imported here). `attn.mask` / `IGNORE` buffers are ignored;
         `unembed.b_U` may be absent (zeros).
     - `cfg`: the model's [`jacdc.models.TransformerConfig`][].
+    - `fold_value_biases`: fold `b_V` into `b_O` as TransformerLens's `from_pretrained` does
+        (`None`: the default, on unless inside `value_bias_folding(False)`); a no-op on a state
+        dict TL already processed (its `b_V` is 0). Recorded in `cfg.fold_value_biases`.
 
-    **Returns:** the model, with the raw weights (nothing folded or centred).
+    **Returns:** the model, with the raw weights, value biases folded unless switched off
+    (nothing else folded or centred).
 
     **Raises:** `ValueError` listing, at once, every missing tensor, unknown tensor and shape
     mismatch; it says so when the layer count differs from `cfg.n_layers`, or when the state dict
@@ -262,7 +270,7 @@ def from_transformer_lens_state_dict(
                 b_out=get(p + "mlp.b_out"),
             )
         blocks.append(blk)
-    return Transformer.from_params(
+    model = Transformer.from_params(
         cfg,
         w_e=get("embed.W_E"),
         w_pos=get("pos_embed.W_pos"),
@@ -271,6 +279,7 @@ def from_transformer_lens_state_dict(
         w_u=get("unembed.W_U"),
         b_u=get("unembed.b_U") if "unembed.b_U" in state_dict else None,
     )
+    return _fold(model) if resolve_folding(fold_value_biases) else model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,7 +489,7 @@ def _resolve(name: str, source: str | os.PathLike | None) -> tuple[Path, Path | 
     )
 
 
-def _load(name: str, source, cfg: TransformerConfig | None) -> Transformer:
+def _load(name: str, source, cfg: TransformerConfig | None, fold) -> Transformer:
     ckpt, config_path = _resolve(name, source)
     if cfg is None:
         cfg = KNOWN_CONFIGS[name]
@@ -498,11 +507,14 @@ def _load(name: str, source, cfg: TransformerConfig | None) -> Transformer:
                     "`cfg=` to load a different model."
                 )
             cfg = file_cfg  # it describes this very file (n_ctx, positions, eps)
-    return from_transformer_lens_state_dict(_read_checkpoint(ckpt), cfg)
+    return from_transformer_lens_state_dict(_read_checkpoint(ckpt), cfg, fold_value_biases=fold)
 
 
 def load_redwood_attn_2l(
-    source: str | os.PathLike | None = None, *, cfg: TransformerConfig | None = None
+    source: str | os.PathLike | None = None,
+    *,
+    cfg: TransformerConfig | None = None,
+    fold_value_biases: bool | None = None,
 ) -> Transformer:
     """Loads Redwood's 2-layer attention-only model (`redwood_attn_2l`, the ACDC induction task's
     model): 2 layers x 8 heads, d_model 256, shortformer positions, LayerNorm, vocab 50259.
@@ -517,14 +529,20 @@ def load_redwood_attn_2l(
     - `cfg`: overrides the config. By default `KNOWN_CONFIGS["redwood_attn_2l"]`, or the
         `config.json` next to the checkpoint when there is one.
 
-    **Returns:** a [`jacdc.models.Transformer`][] with the raw weights (as ACDC loads this model:
-    no LayerNorm folding, no centring).
+    - `fold_value_biases`: fold `b_V` into `b_O` as TransformerLens does (default on; see
+        [`from_transformer_lens_state_dict`][]).
+
+    **Returns:** a [`jacdc.models.Transformer`][] with value biases folded (as ACDC loads this
+    model; no LayerNorm folding, no centring, as for ACDC too).
     """
-    return _load("redwood_attn_2l", source, cfg)
+    return _load("redwood_attn_2l", source, cfg, fold_value_biases)
 
 
 def load_attn_only_4l(
-    source: str | os.PathLike | None = None, *, cfg: TransformerConfig | None = None
+    source: str | os.PathLike | None = None,
+    *,
+    cfg: TransformerConfig | None = None,
+    fold_value_biases: bool | None = None,
 ) -> Transformer:
     """Loads Neel Nanda's 4-layer attention-only model (`attn-only-4l`, the ACDC docstring task's
     model): 4 layers x 8 heads, d_model 512, d_head 64, LayerNorm, vocab 48262.
@@ -536,7 +554,9 @@ def load_attn_only_4l(
     - `cfg`: overrides the config. By default `KNOWN_CONFIGS["attn-only-4l"]`, or the
         `config.json` next to the checkpoint when there is one.
 
-    **Returns:** a [`jacdc.models.Transformer`][] with the raw weights. (TL's default LayerNorm
-    folding and centring, used by ACDC for this model, do not change log-probabilities.)
+    - `fold_value_biases`: as for [`load_redwood_attn_2l`][] (default on).
+
+    **Returns:** a [`jacdc.models.Transformer`][] with value biases folded. (TL's default
+    LayerNorm folding and centring, used by ACDC for this model, change no patched result.)
     """
-    return _load("attn-only-4l", source, cfg)
+    return _load("attn-only-4l", source, cfg, fold_value_biases)

@@ -43,6 +43,20 @@ from ._base import AbstractMetric, Task, TaskBundle, kl_metric
 
 Tokenize = Callable[[str], Sequence[int]]
 
+TASK_DATA = ("paper", "jacdc")
+"""The `data=` choices of IOI, Greater-Than and Docstring: `"paper"`, the original
+implementation's prompts exactly (`tasks/_paper_data.py`), or `"jacdc"`, jacdc's own draws."""
+
+
+def check_data(data: str, task: str) -> str:
+    """`data` if it is one of [`TASK_DATA`][]; a one-line `ValueError` otherwise."""
+    if data not in TASK_DATA:
+        raise ValueError(
+            f"Unknown {task} data {data!r}: pass data='paper' (the original implementation's "
+            "prompts, the default) or data='jacdc' (jacdc's own draws)."
+        )
+    return data
+
 
 # ---------------------------------------------------------------------------------------------
 # Metrics

@@ -14,9 +14,14 @@ The def has 6 arguments: 2 prefix, 3 "matching", 1 suffix. The description has 3
 each of the 2 `:param` lines documents one of the first 2 matching arguments with 2 words. The
 answer is `" " + the 3rd matching argument` (here `" token"`); the 13 wrong names are every
 other sampled argument name (prefix, suffix, the other matching ones and the 7 names the
-corruptions and the "random answer" variant use), not the method name. Prompt `i` of a build
-with seed `s` is drawn from NumPy's `default_rng([s, i])`; prompts `0..n_val-1` validate, the
-next `n_test` test (the paper: seeds 0..99, 50/50).
+corruptions and the "random answer" variant use), not the method name. Prompts `0..n_val-1`
+validate, the next `n_test` test (the paper: 50/50).
+
+**Data.** `data="paper"` (the default) gives the original implementation's 100 prompts exactly:
+its word lists (111 argument names, 687 nouns) and, for prompt `i`, Python's `random` seeded
+`seed + i` (`seed=0` is the paper's; [`jacdc.tasks._paper_data.paper_docstring_prompt`][]).
+`data="jacdc"` draws jacdc's own prompts ([`VARIABLE_NAMES`][], [`DESCRIPTION_WORDS`][]) with
+NumPy's `default_rng([seed, i])`.
 
 **Corruption ("random_random").** The 3 matching def arguments and the 2 documented names are
 replaced by 5 fresh random names (everything else kept).
@@ -25,11 +30,12 @@ replaced by 5 fresh random names (everything else kept).
 tokens), which is not bundled with any package here and cannot be downloaded at run time. Pass
 it yourself: `tokenizer=PATH` to its `tokenizer.json` (loaded with the `tokenizers` library;
 get it with `hf download NeelNanda/gpt-neox-tokenizer-digits tokenizer.json`), or any callable
-`str -> list[int]` with `bos=` its BOS id. Because the vocabularies differ, the word lists are
-*filtered* per tokenizer: argument names and description words must be one token with a leading
-space (the first description word, which follows `"""`, also without one); dropped words are
-listed in `info["dropped_words"]`. Every prompt must then have the same length (41 tokens with
-BOS for the original tokenizer) or the build fails. A tokenizer whose vocabulary does not fit
+`str -> list[int]` with `bos=` its BOS id. The paper data use the original's word lists as
+they are (every prompt is 41 tokens with BOS with the original tokenizer, 53 with GPT-2's).
+jacdc's data *filter* the word lists per tokenizer: argument names and description words must be
+one token with a leading space (the first description word, which follows `"""`, also without
+one); dropped words are listed in `info["dropped_words"]`. Every prompt must have the same
+length or the build fails. A tokenizer whose vocabulary does not fit
 the model's `d_vocab` (e.g. GPT-2's 50,257 tokens for attn-only-4l's 48,262) is refused.
 With `weights="random"` and no tokenizer, GPT-2's tokenizer is used and the random model gets
 GPT-2's vocabulary size (a stand-in for demos and tests only).
@@ -55,6 +61,7 @@ from ._canonical import ATTN_4L_SHAPE, docstring_circuit
 from ._common import (
     DocstringMetric,
     as_tokenize,
+    check_data,
     check_token_range,
     check_vocab,
     default_gpt2_tokenizer,
@@ -63,6 +70,7 @@ from ._common import (
     tokenize_all,
     vocab_size_of,
 )
+from ._paper_data import paper_docstring_prompts
 from ._registry import TaskSpec, register_task
 
 
@@ -162,20 +170,71 @@ def _single(tokenize, word: str, prefix: str) -> int | None:
 
 
 def make_docstring_prompts(
-    tokenizer, *, n: int = 100, seed: int = 0, bos: int | None = None
+    tokenizer, *, n: int = 100, seed: int = 0, bos: int | None = None, data: str = "paper"
 ) -> DocstringPrompts:
     """Draws `n` docstring prompts and their "random_random" corruptions.
 
     **Arguments:**
 
     - `tokenizer`: callable `str -> list[int]` or object with `.encode`.
-    - `n`: number of prompts; `seed`: prompt `i` uses `np.random.default_rng([seed, i])`.
+    - `n`: number of prompts.
+    - `seed`: prompt `i` is drawn with Python's `random.seed(seed + i)` for `data="paper"`
+        (`seed=0`: the paper's prompts), with `np.random.default_rng([seed, i])` for
+        `data="jacdc"`.
     - `bos`: BOS token id put in front of every prompt (`None`: no BOS).
+    - `data`: `"paper"` (the original's prompts and word lists) or `"jacdc"` (jacdc's draws
+        from word lists filtered to this tokenizer's single tokens).
 
-    **Raises:** `ValueError` if too few names or words are single tokens, or the prompts do not
-    all tokenize to the same length.
+    An answer's token is the first token of `" " + name`, as in the original (with the
+    tokenizer the task was written for every name is one token).
+
+    **Raises:** `ValueError` if (jacdc data) too few names or words are single tokens, or the
+    prompts do not all tokenize to the same length.
     """
     tokenize = as_tokenize(tokenizer)
+    check_data(data, "docstring")
+    if data == "paper":
+        if n < 1:
+            raise ValueError(f"Need at least one docstring prompt, got n={n}.")
+        drawn = paper_docstring_prompts(n, seed=seed)
+        clean, corrupted = [p.clean for p in drawn], [p.corrupted for p in drawn]
+        answers, wrong_answers = [p.correct for p in drawn], [p.wrong for p in drawn]
+        dropped: list[str] = []
+    else:
+        clean, corrupted, answers, wrong_answers, dropped = _jacdc_draws(tokenize, n, seed)
+    if any(len(w) != N_WRONG for w in wrong_answers):
+        raise AssertionError("internal: every docstring prompt has 13 wrong names")
+
+    prefix_len = 0 if bos is None else 1
+    length = prefix_len + len(list(tokenize(clean[0])))
+    clean_tokens = tokenize_all(tokenize, clean, length, what="docstring prompts", bos=bos)
+    corrupted_tokens = tokenize_all(
+        tokenize, corrupted, length, what="corrupted docstring prompts", bos=bos
+    )
+    first = {w: _first_token(tokenize, w) for w in {*answers, *sum(wrong_answers, [])}}
+    return DocstringPrompts(
+        clean=clean,
+        corrupted=corrupted,
+        answers=answers,
+        wrong_answers=wrong_answers,
+        clean_tokens=clean_tokens,
+        corrupted_tokens=corrupted_tokens,
+        correct_tokens=np.array([first[a] for a in answers], np.int32),
+        wrong_tokens=np.array([[first[w] for w in ws] for ws in wrong_answers], np.int32),
+        dropped_words=dropped,
+    )
+
+
+def _first_token(tokenize, text: str) -> int:
+    toks = list(tokenize(text))
+    if not toks:
+        raise ValueError(f"The tokenizer gives no token for the docstring answer {text!r}.")
+    return int(toks[0])
+
+
+def _jacdc_draws(tokenize, n: int, seed: int):
+    """jacdc's own docstring draws: clean and corrupted prompts, answers, wrong answers and
+    the words dropped from the lists for not being single tokens."""
     name_ids = {w: _single(tokenize, w, " ") for w in VARIABLE_NAMES}
     word_ids = {w: _single(tokenize, w, " ") for w in DESCRIPTION_WORDS}
     names = [w for w, t in name_ids.items() if t is not None]
@@ -225,26 +284,7 @@ def make_docstring_prompts(
         answers.append(" " + matching[-1])
         wrong = [random_answer] + rr_def + rr_doc + not_matching + matching[:-1] + prefix + suffix
         wrong_answers.append([" " + w for w in wrong])
-    if any(len(w) != N_WRONG for w in wrong_answers):
-        raise AssertionError("internal: every docstring prompt has 13 wrong names")
-
-    prefix_len = 0 if bos is None else 1
-    length = prefix_len + len(list(tokenize(clean[0])))
-    clean_tokens = tokenize_all(tokenize, clean, length, what="docstring prompts", bos=bos)
-    corrupted_tokens = tokenize_all(
-        tokenize, corrupted, length, what="corrupted docstring prompts", bos=bos
-    )
-    return DocstringPrompts(
-        clean=clean,
-        corrupted=corrupted,
-        answers=answers,
-        wrong_answers=wrong_answers,
-        clean_tokens=clean_tokens,
-        corrupted_tokens=corrupted_tokens,
-        correct_tokens=np.array([name_ids[a[1:]] for a in answers], np.int32),
-        wrong_tokens=np.array([[name_ids[w[1:]] for w in ws] for ws in wrong_answers], np.int32),
-        dropped_words=dropped,
-    )
+    return clean, corrupted, answers, wrong_answers, dropped
 
 
 def make_docstring_task(
@@ -255,6 +295,7 @@ def make_docstring_task(
     seed: int = 0,
     n_val: int = 50,
     n_test: int = 50,
+    data: str = "paper",
 ) -> TaskBundle:
     """The Docstring task for `model` (attn-only-4l with its own tokenizer).
 
@@ -265,12 +306,13 @@ def make_docstring_task(
         vocabulary size, that is checked against `model.cfg.d_vocab`).
     - `bos`: the BOS id put in front of every prompt (`None`: none).
     - `seed`, `n_val`, `n_test`: the draw and the split sizes.
+    - `data`: `"paper"` (the original's prompts; default) or `"jacdc"` (jacdc's own draws).
 
     **Returns:** a [`jacdc.tasks.TaskBundle`][] with metrics `kl_div` (default) and
     `docstring_metric`; the canonical circuit when `model` has attn-only-4l's graph.
     """
     check_vocab(model, vocab_size_of(tokenizer), tokenizer_name="the docstring tokenizer")
-    prompts = make_docstring_prompts(tokenizer, n=n_val + n_test, seed=seed, bos=bos)
+    prompts = make_docstring_prompts(tokenizer, n=n_val + n_test, seed=seed, bos=bos, data=data)
     check_token_range(model, prompts.clean_tokens, "docstring prompts")
     check_token_range(model, prompts.wrong_tokens, "docstring answers")
     last = prompts.clean_tokens.shape[1] - 1
@@ -296,6 +338,7 @@ def make_docstring_task(
         default_metric="kl_div",
         canonical=docstring_circuit() if model.graph_shape == ATTN_4L_SHAPE else None,
         info={
+            "data": data,
             "seed": seed,
             "seq_len": int(prompts.clean_tokens.shape[1]),
             "bos": bos,
@@ -373,6 +416,7 @@ def build_docstring(
     model: Transformer | None = None,
     tokenizer=None,
     bos: int | None = None,
+    data: str = "paper",
 ) -> TaskBundle:
     """Registry builder of `"docstring"`.
 
@@ -383,7 +427,9 @@ def build_docstring(
         Required with real weights (see the module docstring); defaults to GPT-2's with random
         weights, the random model then taking GPT-2's vocabulary size.
     - `bos`: BOS id; by default taken from the tokenizer ([`bos_of`][]).
+    - `data`: `"paper"` (the original's prompts) or `"jacdc"`.
     """
+    check_data(data, "docstring")
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = FileTokenizer(tokenizer)
     if model is not None and weights is not None:
@@ -419,14 +465,17 @@ def build_docstring(
         raise ValueError(_NO_TOKENIZER)
     if bos is None:
         bos = bos_of(tokenizer)
-    return make_docstring_task(model, tokenizer, bos=bos, seed=seed, n_val=n_val, n_test=n_test)
+    return make_docstring_task(
+        model, tokenizer, bos=bos, seed=seed, n_val=n_val, n_test=n_test, data=data
+    )
 
 
 register_task(
     TaskSpec(
         name="docstring",
         description="Docstring parameter-name induction on attn-only-4l (random_random "
-        "corruption); canonical circuit of 37 edges. Needs the model's tokenizer.",
+        "corruption; the original's prompts by default); canonical circuit of 37 edges. Needs "
+        "the model's tokenizer.",
         build=build_docstring,
         metrics=("kl_div", "docstring_metric"),
         default_metric="kl_div",

@@ -4,12 +4,17 @@
 
     "The" " {noun}" " lasted" " from" " the" " year" " XX" "YY" " to" " XX"
 
-and the model should continue with a two-digit year `"ZZ"` greater than `YY`. Nouns come from
-[`GREATER_THAN_NOUNS`][] (120 nouns, each one GPT-2 token with a leading space, checked). Years are
-`XX02`..`XX98` for the centuries 11..17, kept only if `" XXYY"` tokenizes as `" XX"` + `"YY"`, and
-without the first and last such year of each century ([`greater_than_years`][]). 200 prompts are
-drawn with NumPy seed `54 + seed` (so `seed=0` is the paper's fixed seed 54 in spirit; the draw
-itself differs from the original's torch one); the first `n_val` validate, the next `n_test` test.
+and the model should continue with a two-digit year `"ZZ"` greater than `YY`. Nouns are single
+GPT-2 tokens with a leading space (checked). Years are `XX02`..`XX98` for the centuries 11..17,
+kept only if `" XXYY"` tokenizes as `" XX"` + `"YY"`, and without the first and last such year of
+each century ([`greater_than_years`][], the original's rule). 200 prompts are drawn; the first
+`n_val` validate, the next `n_test` test.
+
+**Data.** `data="paper"` (the default) gives the original implementation's prompts exactly: its
+120 nouns ([`jacdc.tasks._paper_data.PAPER_GREATER_THAN_NOUNS`][]) drawn, then the years, with
+torch's generator after `manual_seed(54 + seed)` (emulated without torch; `seed=0` is the
+paper's). `data="jacdc"` draws jacdc's own nouns ([`GREATER_THAN_NOUNS`][]) and years with
+NumPy's `default_rng(54 + seed)`.
 
 **Corruption.** Token 7 (the `YY` of the start year) replaced by the token `"01"` (GPT-2 id 486),
 making every continuation a later year.
@@ -34,6 +39,7 @@ from ._common import (
     GPT2_SMALL,
     ProbDiffMetric,
     as_tokenize,
+    check_data,
     check_single_tokens,
     check_token_range,
     check_vocab,
@@ -43,6 +49,7 @@ from ._common import (
     tokenize_all,
     vocab_size_of,
 )
+from ._paper_data import PAPER_GREATER_THAN_NOUNS, paper_greater_than_draws
 from ._registry import TaskSpec, register_task
 
 
@@ -122,15 +129,19 @@ def greater_than_years(tokenizer) -> list[int]:
 
 
 def make_greater_than_prompts(
-    tokenizer, *, n: int = 200, seed: int = GREATER_THAN_SEED
+    tokenizer, *, n: int = 200, seed: int = GREATER_THAN_SEED, data: str = "paper"
 ) -> GreaterThanPrompts:
-    """Draws `n` Greater-Than prompts and their "01" corruptions (NumPy seed `seed`).
+    """Draws `n` Greater-Than prompts and their "01" corruptions: with torch's generator seeded
+    `seed` and the original's nouns for `data="paper"` (`seed=54`: the paper's prompts), with
+    NumPy's seeded `seed` and jacdc's nouns for `data="jacdc"`.
 
     **Raises:** `ValueError` if a noun or a two-digit year is not a single token, or a prompt
     does not tokenize to the template's 10 tokens with the year split as `" XX"` + `"YY"`.
     """
     tokenize = as_tokenize(tokenizer)
-    check_single_tokens(tokenize, GREATER_THAN_NOUNS, what="Greater-Than nouns")
+    check_data(data, "Greater-Than")
+    noun_list = PAPER_GREATER_THAN_NOUNS if data == "paper" else GREATER_THAN_NOUNS
+    check_single_tokens(tokenize, noun_list, what="Greater-Than nouns")
     years = greater_than_years(tokenize)
     year_tokens = np.array(
         check_single_tokens(
@@ -141,10 +152,13 @@ def make_greater_than_prompts(
     if n < 1:
         raise ValueError(f"Need at least one Greater-Than prompt, got n={n}.")
 
-    rng = np.random.default_rng(seed)
-    noun_idx = rng.integers(len(GREATER_THAN_NOUNS), size=n)
-    year_idx = rng.integers(len(years), size=n)
-    nouns = [GREATER_THAN_NOUNS[i] for i in noun_idx]
+    if data == "paper":
+        nouns, year_idx = paper_greater_than_draws(len(years), n, seed=seed)
+    else:
+        rng = np.random.default_rng(seed)
+        noun_idx = rng.integers(len(GREATER_THAN_NOUNS), size=n)
+        year_idx = rng.integers(len(years), size=n)
+        nouns = [GREATER_THAN_NOUNS[i] for i in noun_idx]
     starts = [years[i] for i in year_idx]
     clean = [
         GREATER_THAN_TEMPLATE.format(noun=noun, year=year, century=year // 100)
@@ -181,7 +195,13 @@ def make_greater_than_prompts(
 
 
 def make_greater_than_task(
-    model: Transformer, tokenizer, *, seed: int = 0, n_val: int = 100, n_test: int = 100
+    model: Transformer,
+    tokenizer,
+    *,
+    seed: int = 0,
+    n_val: int = 100,
+    n_test: int = 100,
+    data: str = "paper",
 ) -> TaskBundle:
     """The Greater-Than task for `model` (GPT-2 small, or a model with GPT-2's vocabulary).
 
@@ -191,12 +211,15 @@ def make_greater_than_task(
     - `tokenizer`: GPT-2's tokenizer (callable or object with `.encode`).
     - `seed`: offsets the fixed data seed 54.
     - `n_val`, `n_test`: split sizes.
+    - `data`: `"paper"` (the original's prompts; default) or `"jacdc"` (jacdc's own draws).
 
     **Returns:** a [`jacdc.tasks.TaskBundle`][] with metrics `kl_div` (default) and
     `greaterthan`; the canonical circuit when `model` has GPT-2 small's graph.
     """
     check_vocab(model, vocab_size_of(tokenizer), tokenizer_name="the Greater-Than tokenizer")
-    prompts = make_greater_than_prompts(tokenizer, n=n_val + n_test, seed=GREATER_THAN_SEED + seed)
+    prompts = make_greater_than_prompts(
+        tokenizer, n=n_val + n_test, seed=GREATER_THAN_SEED + seed, data=data
+    )
     check_token_range(model, prompts.clean_tokens, "Greater-Than prompts")
     check_token_range(model, prompts.year_tokens[None], "Greater-Than year tokens")
     yy = np.array([y % 100 for y in prompts.years], np.int32)
@@ -217,6 +240,7 @@ def make_greater_than_task(
         n_test=n_test,
         canonical=greater_than_circuit() if model.graph_shape == GPT2_SHAPE else None,
         info={
+            "data": data,
             "seed": GREATER_THAN_SEED + seed,
             "template": GREATER_THAN_TEMPLATE,
             "val_prompts": prompts.clean[:n_val],
@@ -234,18 +258,22 @@ def build_greater_than(
     n_test: int = 100,
     model: Transformer | None = None,
     tokenizer=None,
+    data: str = "paper",
 ) -> TaskBundle:
     """Registry builder of `"greater-than"` (options as for `"ioi"`)."""
+    check_data(data, "Greater-Than")
     model = resolve_model(GPT2_SMALL, weights, model, seed=seed)
     tokenizer = default_gpt2_tokenizer() if tokenizer is None else tokenizer
-    return make_greater_than_task(model, tokenizer, seed=seed, n_val=n_val, n_test=n_test)
+    return make_greater_than_task(
+        model, tokenizer, seed=seed, n_val=n_val, n_test=n_test, data=data
+    )
 
 
 register_task(
     TaskSpec(
         name="greater-than",
-        description="Greater-Than on GPT-2 small ('The war lasted from the year 1732 to 17'); "
-        "canonical circuit of 262 edges.",
+        description="Greater-Than on GPT-2 small ('The war lasted from the year 1732 to 17'; "
+        "the original's prompts by default); canonical circuit of 262 edges.",
         build=build_greater_than,
         metrics=("kl_div", "greaterthan"),
         default_metric="kl_div",

@@ -7,11 +7,19 @@
 with `A` (the indirect object, IO) and `B` (the subject, S) two different names. With GPT-2's
 tokenizer the sentence is 16 tokens and no BOS; the final name is dropped, so the model reads 15
 tokens and should predict " A". Names, places and objects are single tokens with a leading space
-(checked against the tokenizer, failing loudly otherwise). 200 prompts are drawn with `seed`; the
-first `n_val` are the validation split, the next `n_test` the test split.
+(checked against the tokenizer, failing loudly otherwise). 200 prompts are drawn; the first
+`n_val` are the validation split, the next `n_test` the test split.
 
-**Corruption ("ABC").** The same prompt with IO, S1 and S2 (the three name slots) replaced by
-three random distinct names: "Then, C and D went to the [PLACE]. E gave a [OBJECT] to".
+**Data.** `data="paper"` (the default) gives the original implementation's 200 prompts and
+corruptions exactly (its 99 names, 8 places and 8 objects and its draws:
+[`jacdc.tasks._paper_data.paper_ioi_sentences`][]; `seed` is the original's `IOIDataset`
+seed, 0 in the paper). `data="jacdc"` draws jacdc's own prompts from larger word lists
+([`IOI_NAMES`][], [`IOI_PLACES`][], [`IOI_OBJECTS`][]) with NumPy's `default_rng(seed)`.
+
+**Corruption ("ABC").** The name slots IO, S1 and S2 replaced by random names: "Then, C and D
+went to the [PLACE]. E gave a [OBJECT] to". In jacdc's data C, D and E are three distinct names
+other than IO and S. The original's (paper data) draws C other than IO and S, then D = E
+freely, then D again freely, so a corrupted prompt can repeat a name.
 
 **Metrics** (minimised, at the last position): `kl_div`, KL(original model || circuit); and
 `logit_diff`, `-(logit(IO) - logit(S))` averaged over the batch
@@ -33,6 +41,7 @@ from ._common import (
     GPT2_SMALL,
     LogitDiffMetric,
     as_tokenize,
+    check_data,
     check_single_tokens,
     check_token_range,
     check_vocab,
@@ -41,6 +50,12 @@ from ._common import (
     resolve_model,
     tokenize_all,
     vocab_size_of,
+)
+from ._paper_data import (
+    PAPER_IOI_NAMES,
+    PAPER_IOI_OBJECTS,
+    PAPER_IOI_PLACES,
+    paper_ioi_sentences,
 )
 from ._registry import TaskSpec, register_task
 
@@ -81,6 +96,8 @@ class IOIPrompts:
     """Host-side IOI data (strings and NumPy arrays; never passed to jitted code).
 
     - `clean`, `corrupted`: the prompts as read by the model (final name dropped).
+    - `clean_full`, `corrupted_full`: the complete sentences (ending with the IO name, the
+        corrupted IO name in `corrupted_full`).
     - `io_names`, `s_names`: the IO (answer) and S names, without the leading space.
     - `clean_tokens`, `corrupted_tokens`: `(n, 15)` int32.
     - `io_tokens`, `s_tokens`: `(n,)` int32, the tokens of `" " + name`.
@@ -88,6 +105,8 @@ class IOIPrompts:
 
     clean: list[str]
     corrupted: list[str]
+    clean_full: list[str]
+    corrupted_full: list[str]
     io_names: list[str]
     s_names: list[str]
     clean_tokens: np.ndarray
@@ -104,26 +123,80 @@ def _prompt(io: str, s1: str, s2: str, place: str, obj: str) -> str:
     return f"Then, {io} and {s1} went to the {place}. {s2} gave a {obj} to"
 
 
-def make_ioi_prompts(tokenizer, *, n: int = 200, seed: int = 0) -> IOIPrompts:
+def make_ioi_prompts(tokenizer, *, n: int = 200, seed: int = 0, data: str = "paper") -> IOIPrompts:
     """Draws `n` IOI prompts (ABBA template #0) and their ABC corruptions.
 
     **Arguments:**
 
     - `tokenizer`: a callable `str -> list[int]` or an object with `.encode` (GPT-2's BPE).
     - `n`: number of prompts.
-    - `seed`: NumPy seed of the draw (keyword-only).
+    - `seed`: seed of the draw (keyword-only): the original's `IOIDataset` seed for
+        `data="paper"` (0: the paper's prompts), a NumPy seed for `data="jacdc"`.
+    - `data`: `"paper"` (the original's prompts) or `"jacdc"` (see the module docstring).
 
     **Raises:** `ValueError` if a name, place or object is not a single token with a leading
-    space, or a prompt does not tokenize to 15 tokens with the names where the template puts
-    them.
+    space, or a prompt does not tokenize to 15 tokens (16 with the answer) with the names where
+    the template puts them.
     """
     tokenize = as_tokenize(tokenizer)
-    name_ids = dict(zip(IOI_NAMES, check_single_tokens(tokenize, IOI_NAMES, what="IOI names")))
-    check_single_tokens(tokenize, IOI_PLACES, what="IOI places")
-    check_single_tokens(tokenize, IOI_OBJECTS, what="IOI objects")
+    check_data(data, "IOI")
+    names, places, objects = (
+        (PAPER_IOI_NAMES, PAPER_IOI_PLACES, PAPER_IOI_OBJECTS)
+        if data == "paper"
+        else (IOI_NAMES, IOI_PLACES, IOI_OBJECTS)
+    )
+    name_ids = dict(zip(names, check_single_tokens(tokenize, names, what="IOI names")))
+    check_single_tokens(tokenize, places, what="IOI places")
+    check_single_tokens(tokenize, objects, what="IOI objects")
     if n < 1:
         raise ValueError(f"Need at least one IOI prompt, got n={n}.")
 
+    if data == "paper":
+        sentences = paper_ioi_sentences(n, seed=seed)
+        clean_full, corrupted_full = sentences.clean, sentences.corrupted
+        io_names, s_names = sentences.io_names, sentences.s_names
+    else:
+        clean_full, corrupted_full, io_names, s_names = _jacdc_sentences(n, seed)
+    clean = [text.rsplit(" ", 1)[0] for text in clean_full]
+    corrupted = [text.rsplit(" ", 1)[0] for text in corrupted_full]
+
+    length = IOI_LENGTH + 1
+    full_tokens = tokenize_all(tokenize, clean_full, length, what="IOI sentences")
+    corrupted_full_tokens = tokenize_all(
+        tokenize, corrupted_full, length, what="corrupted IOI sentences"
+    )
+    clean_tokens = np.ascontiguousarray(full_tokens[:, :IOI_LENGTH])
+    corrupted_tokens = np.ascontiguousarray(corrupted_full_tokens[:, :IOI_LENGTH])
+    io_tokens = np.array([name_ids[x] for x in io_names], np.int32)
+    s_tokens = np.array([name_ids[x] for x in s_names], np.int32)
+    # The model reads what the original reads: the first 15 tokens of the full sentence.
+    # "Then"(0) ","(1) " A"(2) " and"(3) " B"(4) ... "."(9) " B"(10) " gave"(11) ... " to"(14)
+    if not (
+        np.array_equal(clean_tokens[:, 2], io_tokens)
+        and np.array_equal(clean_tokens[:, 4], s_tokens)
+        and np.array_equal(clean_tokens[:, 10], s_tokens)
+        and np.array_equal(full_tokens[:, IOI_LENGTH], io_tokens)
+    ):
+        raise ValueError(
+            "IOI prompts tokenize with the names away from positions 2, 4, 10 and 15 that the "
+            "template puts them at; is this GPT-2's tokenizer?"
+        )
+    return IOIPrompts(
+        clean=clean,
+        corrupted=corrupted,
+        clean_full=list(clean_full),
+        corrupted_full=list(corrupted_full),
+        io_names=list(io_names),
+        s_names=list(s_names),
+        clean_tokens=clean_tokens,
+        corrupted_tokens=corrupted_tokens,
+        io_tokens=io_tokens,
+        s_tokens=s_tokens,
+    )
+
+
+def _jacdc_sentences(n: int, seed: int):
+    """jacdc's own draw: complete clean and corrupted sentences, IO and S names."""
     rng = np.random.default_rng(seed)
     names = np.array(IOI_NAMES)
     clean, corrupted, io_names, s_names = [], [], [], []
@@ -132,39 +205,21 @@ def make_ioi_prompts(tokenizer, *, n: int = 200, seed: int = 0) -> IOIPrompts:
         place = IOI_PLACES[rng.integers(len(IOI_PLACES))]
         obj = IOI_OBJECTS[rng.integers(len(IOI_OBJECTS))]
         c, d, e = rng.choice(names, 3, replace=False)
-        clean.append(_prompt(str(io), str(s), str(s), place, obj))
-        corrupted.append(_prompt(str(c), str(d), str(e), place, obj))
+        clean.append(_prompt(str(io), str(s), str(s), place, obj) + f" {io}")
+        corrupted.append(_prompt(str(c), str(d), str(e), place, obj) + f" {c}")
         io_names.append(str(io))
         s_names.append(str(s))
-
-    clean_tokens = tokenize_all(tokenize, clean, IOI_LENGTH, what="IOI prompts")
-    corrupted_tokens = tokenize_all(tokenize, corrupted, IOI_LENGTH, what="corrupted IOI prompts")
-    io_tokens = np.array([name_ids[x] for x in io_names], np.int32)
-    s_tokens = np.array([name_ids[x] for x in s_names], np.int32)
-    # "Then"(0) ","(1) " A"(2) " and"(3) " B"(4) ... "."(9) " B"(10) " gave"(11) ... " to"(14)
-    if not (
-        np.array_equal(clean_tokens[:, 2], io_tokens)
-        and np.array_equal(clean_tokens[:, 4], s_tokens)
-        and np.array_equal(clean_tokens[:, 10], s_tokens)
-    ):
-        raise ValueError(
-            "IOI prompts tokenize with the names away from positions 2, 4 and 10 that the "
-            "template puts them at; is this GPT-2's tokenizer?"
-        )
-    return IOIPrompts(
-        clean=clean,
-        corrupted=corrupted,
-        io_names=io_names,
-        s_names=s_names,
-        clean_tokens=clean_tokens,
-        corrupted_tokens=corrupted_tokens,
-        io_tokens=io_tokens,
-        s_tokens=s_tokens,
-    )
+    return clean, corrupted, io_names, s_names
 
 
 def make_ioi_task(
-    model: Transformer, tokenizer, *, seed: int = 0, n_val: int = 100, n_test: int = 100
+    model: Transformer,
+    tokenizer,
+    *,
+    seed: int = 0,
+    n_val: int = 100,
+    n_test: int = 100,
+    data: str = "paper",
 ) -> TaskBundle:
     """The IOI task for `model` (GPT-2 small, or any model with GPT-2's vocabulary).
 
@@ -175,13 +230,14 @@ def make_ioi_task(
         vocabulary size, that is checked against `model.cfg.d_vocab`).
     - `seed`: seed of the prompt draw (0: the paper's setting).
     - `n_val`, `n_test`: split sizes; the first `n_val` prompts validate, the next `n_test` test.
+    - `data`: `"paper"` (the original's prompts; default) or `"jacdc"` (jacdc's own draws).
 
     **Returns:** a [`jacdc.tasks.TaskBundle`][] with metrics `kl_div` (default) and
     `logit_diff`, the canonical circuit when `model` has GPT-2 small's graph, and the prompts in
     `info`.
     """
     check_vocab(model, vocab_size_of(tokenizer), tokenizer_name="the IOI tokenizer")
-    prompts = make_ioi_prompts(tokenizer, n=n_val + n_test, seed=seed)
+    prompts = make_ioi_prompts(tokenizer, n=n_val + n_test, seed=seed, data=data)
     check_token_range(model, prompts.clean_tokens, "IOI prompts")
 
     def metrics(lo: int, hi: int):
@@ -200,6 +256,7 @@ def make_ioi_task(
         n_test=n_test,
         canonical=ioi_circuit() if model.graph_shape == GPT2_SHAPE else None,
         info={
+            "data": data,
             "seed": seed,
             "template": IOI_TEMPLATE,
             "val_prompts": prompts.clean[:n_val],
@@ -219,20 +276,23 @@ def build_ioi(
     n_test: int = 100,
     model: Transformer | None = None,
     tokenizer=None,
+    data: str = "paper",
 ) -> TaskBundle:
     """Registry builder of `"ioi"`: loads GPT-2 small from `weights` (a Hugging Face folder or
     hub id; `"random"` / `"random-small"` for a random model of the same kind, meaningless for
-    circuits) or takes `model`, and GPT-2's tokenizer unless `tokenizer` is given."""
+    circuits) or takes `model`, and GPT-2's tokenizer unless `tokenizer` is given; `data` is
+    `"paper"` (the original's prompts) or `"jacdc"`."""
+    check_data(data, "IOI")
     model = resolve_model(GPT2_SMALL, weights, model, seed=seed)
     tokenizer = default_gpt2_tokenizer() if tokenizer is None else tokenizer
-    return make_ioi_task(model, tokenizer, seed=seed, n_val=n_val, n_test=n_test)
+    return make_ioi_task(model, tokenizer, seed=seed, n_val=n_val, n_test=n_test, data=data)
 
 
 register_task(
     TaskSpec(
         name="ioi",
         description="Indirect object identification on GPT-2 small (ABBA template, ABC "
-        "corruption); canonical circuit of 1,041 edges.",
+        "corruption; the original's prompts by default); canonical circuit of 1,041 edges.",
         build=build_ioi,
         metrics=("kl_div", "logit_diff"),
         default_metric="kl_div",

@@ -18,12 +18,18 @@ per output category, or one column for numerical programs. The original implemen
 identity unembedding onto the first `d_vocab - 2` residual dimensions instead; with tracr-pypi's
 sorted residual basis that reads `indices:0..2` for reverse, so it is not reproduced.
 
-**Corrupted positions** (corrupted-activation ablation only; zero ablation ignores them): as in
-the original (`scramble_positions`: `shuffle_tensor(pos_embed[0], seed=49)` on `hook_pos_embed`),
-the positional embeddings of the sequence's positions are permuted with seed 49, the same
-permutation for every batch item: position `p` of a corrupted sequence reads the embedding of
-position `perm[p]`, `perm = np.random.default_rng(49).permutation(seq)`. The original draws the
-permutation from torch's generator, so the permutation itself differs.
+**Corrupted positions** (corrupted-activation ablation only; zero ablation ignores them): every
+builder takes `positions="none" | "shuffled"`, recorded in `bundle.info["positions"]`.
+
+- `"none"` (the default): the corrupted run uses the ordinary positions. This is what produced
+  the paper's published tracr numbers: the original's positional shuffle was then a no-op (it
+  permuted the batch axis of a one-row tensor; fixed later in its history), and its SP and HISP
+  never shuffle positions. With it, `jacdc paper` reproduces the published tracr AUCs.
+- `"shuffled"`: the original's current code (`scramble_positions`:
+  `shuffle_tensor(pos_embed[0], seed=49)` on `hook_pos_embed`): position `p` of every corrupted
+  sequence reads the positional embedding of position `perm[p]`, with
+  `perm = torch.manual_seed(49); torch.randperm(seq)` (emulated without torch; `[2, 3, 0, 1]` for
+  4 positions, `[0, 2, 4, 1, 3]` for 5). SP's cache never uses it (the original's SP does not).
 
 Tasks:
 
@@ -111,6 +117,7 @@ from ._registry import TaskSpec, register_task
 
 BOS = "BOS"
 POSITION_SEED = 49  # the original's fixed seed for the shuffled positional embedding
+POSITIONS = ("none", "shuffled")  # the positional-corruption options (module docstring)
 
 REVERSE_CANONICAL = (
     "blocks.3.hook_resid_post <- blocks.3.attn.hook_result[0]",
@@ -282,13 +289,26 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def shuffled_positions(batch: int, seq: int) -> np.ndarray:
-    """Position ids `(batch, seq)` of the corrupted run: the sequence's positions permuted with
-    seed 49, the same permutation for every batch item."""
-    perm = np.random.default_rng(POSITION_SEED).permutation(seq)
+    """Position ids `(batch, seq)` of the corrupted run under `positions="shuffled"`: the
+    sequence's positions permuted by torch's `randperm(seq)` under `manual_seed(49)`, the same
+    permutation for every batch item."""
+    from ._torch_rng import torch_randperm
+
+    perm = torch_randperm(seq, seed=POSITION_SEED)
     return np.broadcast_to(perm, (batch, seq)).astype(np.int32)
 
 
-def _split(model, clean, corrupted, positions, metric_dims, categorical) -> Task:
+def check_positions(positions: str) -> str:
+    """Checks a positional-corruption option; returns it."""
+    if positions not in POSITIONS:
+        raise ValueError(
+            f"positions must be one of {', '.join(POSITIONS)} (tracr's positional corruption), "
+            f"got {positions!r}."
+        )
+    return positions
+
+
+def _split(model, clean, corrupted, positions, metric_dims, categorical, shuffle) -> Task:
     # The metric references are computed on the host: eager JAX ops would each compile once per
     # shape, and the builders run for every task (and every test session).
     clean = np.asarray(clean, np.int32)
@@ -312,13 +332,15 @@ def _split(model, clean, corrupted, positions, metric_dims, categorical) -> Task
     return Task(
         clean=jnp.asarray(clean),
         corrupted=jnp.asarray(np.asarray(corrupted, np.int32)),
-        corrupted_positions=jnp.asarray(shuffled_positions(*clean.shape)),
+        corrupted_positions=jnp.asarray(shuffled_positions(*clean.shape)) if shuffle else None,
         logit_positions=jnp.asarray(np.asarray(positions, np.int32)),
         metrics=metrics,
     )
 
 
-def _bundle(name, model, md, val_rows, test_rows, val_perm, test_perm, canonical, info, seed):
+def _bundle(
+    name, model, md, val_rows, test_rows, val_perm, test_perm, canonical, info, seed, positions
+):
     """Builds the bundle from program inputs (lists of tokens, no BOS; or, for the original's
     proportion quirk, arrays of ids) and row permutations."""
     if isinstance(val_rows, np.ndarray):
@@ -328,11 +350,12 @@ def _bundle(name, model, md, val_rows, test_rows, val_perm, test_perm, canonical
         md.check_ids(val_ids)
         md.check_ids(test_ids)
     seq = val_ids.shape[1]
-    positions = np.arange(1, seq)
+    positions_read = np.arange(1, seq)
     dims = np.arange(model.cfg.vocab_out)
     categorical = not md.numerical
-    val = _split(model, val_ids, val_ids[val_perm], positions, dims, categorical)
-    test = _split(model, test_ids, test_ids[test_perm], positions, dims, categorical)
+    shuffle = check_positions(positions) == "shuffled"
+    val = _split(model, val_ids, val_ids[val_perm], positions_read, dims, categorical, shuffle)
+    test = _split(model, test_ids, test_ids[test_perm], positions_read, dims, categorical, shuffle)
     ground_truth = program_ground_truth(model, md)
     info = dict(
         info,
@@ -345,7 +368,12 @@ def _bundle(name, model, md, val_rows, test_rows, val_perm, test_perm, canonical
         numerical=md.numerical,
         val_inputs=[[str(t) for t in row] for row in list(val_rows)],
         test_inputs=[[str(t) for t in row] for row in list(test_rows)],
-        corrupted_positions=[int(p) for p in np.asarray(val.corrupted_positions)[0]],
+        positions=positions,
+        corrupted_positions=(
+            None
+            if val.corrupted_positions is None
+            else [int(p) for p in np.asarray(val.corrupted_positions)[0]]
+        ),
         ground_truth=ground_truth,
     )
     return TaskBundle(
@@ -362,20 +390,24 @@ def _bundle(name, model, md, val_rows, test_rows, val_perm, test_perm, canonical
 # ---- builders ----------------------------------------------------------------------------------
 
 
-def make_tracr_reverse(weights=None, seed: int = 0) -> TaskBundle:
-    """tracr-reverse (see the module docstring). `weights` is ignored (the model is compiled)."""
+def make_tracr_reverse(weights=None, seed: int = 0, positions: str = "none") -> TaskBundle:
+    """tracr-reverse (see the module docstring). `weights` is ignored (the model is compiled);
+    `positions`: the positional corruption, `"none"` or `"shuffled"`."""
     del weights
     model, md = tracr_model("tracr-reverse")
     rows = [list(p) for p in itertools.permutations([1, 2, 3])]
     perm = derangement(len(rows), np.random.default_rng(seed))
     return _bundle(
         "tracr-reverse", model, md, rows, rows, perm, perm, REVERSE_CANONICAL,
-        dict(validation_is_test=True), seed,
+        dict(validation_is_test=True), seed, positions,
     )  # fmt: skip
 
 
-def make_tracr_proportion(weights=None, seed: int = 0, original_ids: bool = True) -> TaskBundle:
-    """tracr-proportion (see the module docstring). `weights` is ignored.
+def make_tracr_proportion(
+    weights=None, seed: int = 0, original_ids: bool = True, positions: str = "none"
+) -> TaskBundle:
+    """tracr-proportion (see the module docstring). `weights` is ignored; `positions` as for
+    [`make_tracr_reverse`][].
 
     `original_ids=True` reproduces the original implementation's data instead: length-4 rows of
     ids 0-3 (`ord(c) - ord("w")`) with no BOS, metric positions 1..3. In the compiled model's
@@ -398,44 +430,44 @@ def make_tracr_proportion(weights=None, seed: int = 0, original_ids: bool = True
     name = "tracr-proportion" if original_ids else "tracr-proportion-bos"
     return _bundle(
         name, model, md, rows[:50], rows[50:], val_perm, test_perm,
-        PROPORTION_CANONICAL, info, seed,
+        PROPORTION_CANONICAL, info, seed, positions,
     )  # fmt: skip
 
 
-def make_tracr_proportion_bos(weights=None, seed: int = 0) -> TaskBundle:
+def make_tracr_proportion_bos(weights=None, seed: int = 0, positions: str = "none") -> TaskBundle:
     """tracr-proportion-bos: the same program on well-formed inputs (BOS, then a 4-token string
     over {w,x,y,z}); see the module docstring."""
-    return make_tracr_proportion(weights, seed, original_ids=False)
+    return make_tracr_proportion(weights, seed, original_ids=False, positions=positions)
 
 
-def _split_in_two(name, rows, n_val, seed, info) -> TaskBundle:
+def _split_in_two(name, rows, n_val, seed, info, positions) -> TaskBundle:
     model, md = tracr_model(name)
     rng = np.random.default_rng(seed)
     rows = [rows[i] for i in rng.permutation(len(rows))]
     val, test = rows[:n_val], rows[n_val : 2 * n_val]
     perms = derangement(len(val), rng), derangement(len(test), rng)
-    return _bundle(name, model, md, val, test, *perms, None, info, seed)
+    return _bundle(name, model, md, val, test, *perms, None, info, seed, positions)
 
 
-def make_tracr_sort_unique(weights=None, seed: int = 0) -> TaskBundle:
+def make_tracr_sort_unique(weights=None, seed: int = 0, positions: str = "none") -> TaskBundle:
     """tracr-sort-unique (see the module docstring). `weights` is ignored."""
     del weights
     rows = [list(p) for p in itertools.permutations([1, 2, 3, 4, 5], 4)]
-    return _split_in_two("tracr-sort-unique", rows, 60, seed, {})
+    return _split_in_two("tracr-sort-unique", rows, 60, seed, {}, positions)
 
 
-def make_tracr_hist(weights=None, seed: int = 0) -> TaskBundle:
+def make_tracr_hist(weights=None, seed: int = 0, positions: str = "none") -> TaskBundle:
     """tracr-hist (see the module docstring). `weights` is ignored."""
     del weights
     rows = [list(s) for s in itertools.product("abc", repeat=4)]
-    return _split_in_two("tracr-hist", rows, 40, seed, {})
+    return _split_in_two("tracr-hist", rows, 40, seed, {}, positions)
 
 
-def make_tracr_pair_balance(weights=None, seed: int = 0) -> TaskBundle:
+def make_tracr_pair_balance(weights=None, seed: int = 0, positions: str = "none") -> TaskBundle:
     """tracr-pair-balance (see the module docstring). `weights` is ignored."""
     del weights
     rows = [list(s) for s in itertools.product("()", repeat=5)]
-    return _split_in_two("tracr-pair-balance", rows, 16, seed, {})
+    return _split_in_two("tracr-pair-balance", rows, 16, seed, {}, positions)
 
 
 _CATEGORICAL_METRICS = ("l2", "kl_div")

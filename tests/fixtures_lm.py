@@ -116,4 +116,6 @@ def docstring_bundle(attn_only_gpt2_vocab_model, gpt2_tok):
 def induction_bundle(tiny_induction_model):
     from jacdc.tasks import load_task
 
-    return load_task("induction", model=tiny_induction_model, seq_len=21, n_val=6, n_test=5)
+    return load_task(
+        "induction", model=tiny_induction_model, seq_len=21, n_val=6, n_test=5, data="jacdc"
+    )

@@ -8,7 +8,7 @@ from jacdc import tasks
 
 
 LM_OPTIONS = {"weights": "random-small", "n_val": 4, "n_test": 4}
-EXTRA = {"induction": {"seq_len": 24}}
+EXTRA = {"induction": {"seq_len": 24, "data": "jacdc"}}  # the paper's data files are not here
 
 
 def build(name):
@@ -124,3 +124,9 @@ def test_discover_ioi_from_a_gpt2_checkpoint_folder(tmp_path, capsys):
         jacdc.graph_of(jacdc.GraphShape(1, 2, True, 1))
     )
     assert {"kl_div", "logit_diff"} <= set(doc["metrics"]["test"])
+    assert doc["hyperparameters"]["task_data"] == "paper"  # the original's prompts by default
+    argv = ["discover", "ioi", "--weights", str(tmp_path / "gpt2"), "--algorithm", "eap"]
+    code = _cli.main(argv + ["--data", "jacdc", "--out", str(tmp_path / "eap"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    doc = _results.read_result(tmp_path / "eap" / "result.json")
+    assert doc["hyperparameters"]["task_data"] == "jacdc"

@@ -86,6 +86,16 @@ def _one_line_error(code, err):
         (["discover", "tracr-reverse", "--dataset", "/nonexistent/data.npz"], "does not exist"),
         (["roc", "tracr-reverse", "--algorithms", "acdc,magic"], "magic"),
         (["draw", "/nonexistent/result.json"], "No result file"),
+        (["discover", "tracr-reverse", "--data", "jacdc"], "has no --data option"),
+        (["discover", "ioi", "--weights", "random", "--data-dir", "x"], "no --data-dir option"),
+        (
+            ["discover", "induction", "--weights", "random"],
+            "hf download ArthurConmy/redwood_attn_2l",
+        ),
+        (
+            ["discover", "induction", "--weights", "random", "--data-dir", "/nonexistent"],
+            "validation_data.pt",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
@@ -131,7 +141,6 @@ def test_dataset_replays_the_builtin_data(tmp_path, capsys):
         tmp_path,
         clean=np.asarray(bundle.val.clean),
         corrupted=np.asarray(bundle.val.corrupted),
-        corrupted_positions=np.asarray(bundle.val.corrupted_positions[0]),
     )
     code, out, _ = run(
         [

@@ -95,8 +95,9 @@ def test_greater_than_and_docstring_circuit_details():
 # ---- IOI ---------------------------------------------------------------------------------------
 
 
-def test_ioi_prompts_real_tokenizer(gpt2_tok):
-    prompts = make_ioi_prompts(gpt2_tok, n=200, seed=0)
+@pytest.mark.parametrize("data", ["paper", "jacdc"])
+def test_ioi_prompts_real_tokenizer(gpt2_tok, data):
+    prompts = make_ioi_prompts(gpt2_tok, n=200, seed=0, data=data)
     assert prompts.clean_tokens.shape == prompts.corrupted_tokens.shape == (200, 15)
     for i in (0, 57, 199):
         assert gpt2_tok.decode(prompts.clean_tokens[i].tolist()) == prompts.clean[i]
@@ -108,15 +109,24 @@ def test_ioi_prompts_real_tokenizer(gpt2_tok):
     assert (prompts.io_tokens != prompts.s_tokens).all()
     np.testing.assert_array_equal(prompts.clean_tokens[:, 2], prompts.io_tokens)
     np.testing.assert_array_equal(prompts.clean_tokens[:, 4], prompts.clean_tokens[:, 10])
-    # ABC: three distinct names in the name slots; everything else unchanged.
+    # ABC: new names in the name slots; everything else unchanged.
     names = prompts.corrupted_tokens[:, [2, 4, 10]]
-    assert all(len(set(row)) == 3 for row in names.tolist())
+    distinct = [len(set(row)) == 3 for row in names.tolist()]
+    if data == "jacdc":  # three distinct names
+        assert all(distinct)
+    else:  # the original's draws can repeat a name (here in 5 of 200 prompts)
+        assert sum(distinct) == 195
     rest = [i for i in range(15) if i not in (2, 4, 10)]
     np.testing.assert_array_equal(prompts.clean_tokens[:, rest], prompts.corrupted_tokens[:, rest])
-    # Deterministic in the seed.
-    again = make_ioi_prompts(gpt2_tok, n=200, seed=0)
+    for i in (0, 57, 199):
+        assert prompts.clean_full[i] == prompts.clean[i] + " " + prompts.io_names[i]
+        assert prompts.corrupted_full[i].startswith(prompts.corrupted[i] + " ")
+    # Deterministic in the seed; the first prompts do not depend on how many are drawn.
+    again = make_ioi_prompts(gpt2_tok, n=200, seed=0, data=data)
     assert again.clean == prompts.clean and again.corrupted == prompts.corrupted
-    assert make_ioi_prompts(gpt2_tok, n=200, seed=1).clean != prompts.clean
+    first = make_ioi_prompts(gpt2_tok, n=7, seed=0, data=data)
+    assert first.clean == prompts.clean[:7] and first.corrupted == prompts.corrupted[:7]
+    assert make_ioi_prompts(gpt2_tok, n=200, seed=1, data=data).clean != prompts.clean
 
 
 def test_ioi_bundle(ioi_bundle):
@@ -166,7 +176,7 @@ def test_ioi_bad_tokenizer_errors(gpt2_tok):
         ids = gpt2_tok.encode(text)
         return ids[1:] if text.startswith("Then,") else ids
 
-    with pytest.raises(ValueError, match="do not tokenize to the template's 15 tokens"):
+    with pytest.raises(ValueError, match="do not tokenize to the template's 16 tokens"):
         make_ioi_prompts(merges_then, n=5)
 
 
@@ -180,12 +190,15 @@ def test_ioi_tokenizer_vocab_mismatch(gpt2_tok, make_lm_model):
 # ---- Greater-Than ------------------------------------------------------------------------------
 
 
-def test_greater_than_prompts_real_tokenizer(gpt2_tok):
+@pytest.mark.parametrize("data", ["paper", "jacdc"])
+def test_greater_than_prompts_real_tokenizer(gpt2_tok, data):
     from jacdc.tasks._greater_than import GREATER_THAN_NOUNS, greater_than_years
+    from jacdc.tasks._paper_data import PAPER_GREATER_THAN_NOUNS
 
     assert len(GREATER_THAN_NOUNS) == len(set(GREATER_THAN_NOUNS)) == 120
+    assert len(PAPER_GREATER_THAN_NOUNS) == len(set(PAPER_GREATER_THAN_NOUNS)) == 120
     assert gpt2_tok.encode("01") == [486]
-    prompts = make_greater_than_prompts(gpt2_tok, n=200)
+    prompts = make_greater_than_prompts(gpt2_tok, n=200, data=data)
     assert prompts.clean_tokens.shape == (200, 10)
     years = greater_than_years(gpt2_tok)
     for century in range(11, 18):
@@ -239,9 +252,10 @@ def test_greater_than_bad_tokenizer(gpt2_tok):
 # ---- Docstring ---------------------------------------------------------------------------------
 
 
-def test_docstring_prompts_same_length(gpt2_tok):
+@pytest.mark.parametrize("data", ["paper", "jacdc"])
+def test_docstring_prompts_same_length(gpt2_tok, data):
     bos = gpt2_tok.eot_token_id
-    prompts = make_docstring_prompts(gpt2_tok, n=100, seed=0, bos=bos)
+    prompts = make_docstring_prompts(gpt2_tok, n=100, seed=0, bos=bos, data=data)
     n, seq = prompts.clean_tokens.shape
     assert n == 100 and prompts.corrupted_tokens.shape == (n, seq)
     assert (prompts.clean_tokens[:, 0] == bos).all()
@@ -265,7 +279,8 @@ def test_docstring_prompts_same_length(gpt2_tok):
     assert not set(c_args[2:5]) & set(def_args)
     assert corrupted.split('"""')[1].split("\n")[0] == text.split('"""')[1].split("\n")[0]
     # Seeded per prompt: the first prompts do not depend on how many are drawn.
-    assert make_docstring_prompts(gpt2_tok, n=3, seed=0, bos=bos).clean == prompts.clean[:3]
+    first = make_docstring_prompts(gpt2_tok, n=3, seed=0, bos=bos, data=data)
+    assert first.clean == prompts.clean[:3]
 
 
 def test_docstring_bundle(docstring_bundle):
@@ -298,7 +313,11 @@ def test_docstring_tokenizer_errors(gpt2_tok, make_lm_model):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_task("docstring", model=attn_4l_like, tokenizer="/nonexistent/tokenizer.json")
     with pytest.raises(ValueError, match="single tokens"):
-        make_docstring_prompts(lambda s: [ord(c) for c in s], n=2)
+        make_docstring_prompts(lambda s: [ord(c) for c in s], n=2, data="jacdc")
+    with pytest.raises(ValueError, match="do not tokenize to the template's 155 tokens"):
+        make_docstring_prompts(lambda s: [ord(c) for c in s], n=2)  # the original's lists
+    with pytest.raises(ValueError, match="data='paper'.*data='jacdc'"):
+        load_task("docstring", model=attn_4l_like, tokenizer=gpt2_tok, data="original")
 
 
 # ---- Induction ---------------------------------------------------------------------------------
@@ -372,6 +391,7 @@ def test_induction_token_file(tmp_path, tiny_induction_model, fmt):
     else:
         np.save(path, tokens)
     b = make_induction_task(tiny_induction_model, data=path, n_val=3, n_test=2)
+    assert b.info["data"] == str(path)
     np.testing.assert_array_equal(np.asarray(b.val.clean), tokens[:3])
     np.testing.assert_array_equal(np.asarray(b.test.clean), tokens[3:])
     positions = np.asarray(b.val.logit_positions)
@@ -388,10 +408,10 @@ def test_induction_errors(tiny_induction_model):
 
     with pytest.raises(ValueError, match="Tokenizer mismatch"):
         make_induction_task(
-            tiny_induction_model, seq_len=10, n_val=2, n_test=2, token_range=(0, 30)
+            tiny_induction_model, seq_len=10, n_val=2, n_test=2, token_range=(0, 30), data="jacdc"
         )
     with pytest.raises(ValueError, match="n_ctx"):
-        make_induction_task(tiny_induction_model, seq_len=40, n_val=2, n_test=2)
+        make_induction_task(tiny_induction_model, seq_len=40, n_val=2, n_test=2, data="jacdc")
 
 
 # ---- registry, weights ---------------------------------------------------------------------
@@ -425,7 +445,7 @@ def test_resolve_model(make_lm_model):
 
 @pytest.mark.slow
 def test_random_small_weights():
-    b = load_task("induction", weights="random-small", seq_len=16, n_val=2, n_test=2)
+    b = load_task("induction", weights="random-small", seq_len=16, n_val=2, n_test=2, data="jacdc")
     assert b.model.cfg.positional == "shortformer" and b.model.cfg.d_vocab == 50259
     assert b.model.cfg.n_layers == 2 and b.model.cfg.d_model == 64
     with pytest.raises(ValueError, match="not both"):
@@ -464,8 +484,10 @@ def test_induction_checkpoint_round_trip(tmp_path, tiny_induction_model, fmt):
         pytest.importorskip("torch")
     train = _example("train_induction")
     folder = train.save(tiny_induction_model, str(tmp_path / "model"), fmt)
-    loaded = load_task("induction", weights=folder, seq_len=12, n_val=2, n_test=2).model
-    assert loaded.cfg == tiny_induction_model.cfg
+    loaded = load_task(
+        "induction", weights=folder, seq_len=12, n_val=2, n_test=2, data="jacdc"
+    ).model
+    assert loaded.cfg == dataclasses.replace(tiny_induction_model.cfg, fold_value_biases=True)
     tokens = jnp.asarray(repeated_token_sequences(2, 12, (0, 20), seed=0)[0])
     from jacdc.models import clean_run
 

@@ -39,6 +39,7 @@ from jacdc.tasks import available_tasks, get_task, load_task
 from jacdc.tasks._tracr import (
     EXPECTED_INERT,
     PROPORTION_CANONICAL,
+    shuffled_positions,
     tracr_assembled,
     tracr_model,
 )
@@ -312,7 +313,7 @@ def test_task_shapes_and_metrics(tracr_bundle):
     assert b.model.cfg.vocab_out == out
     for split in (b.val, b.test):
         assert split.corrupted.shape == split.clean.shape
-        assert split.corrupted_positions.shape == split.clean.shape
+        assert split.corrupted_positions is None  # positions="none", the default
         np.testing.assert_array_equal(split.logit_positions, pos)
         md.check_ids(split.clean)
         md.check_ids(split.corrupted)
@@ -320,10 +321,8 @@ def test_task_shapes_and_metrics(tracr_bundle):
         assert sorted(map(tuple, np.asarray(split.corrupted).tolist())) == sorted(
             map(tuple, np.asarray(split.clean).tolist())
         )
-        # One permutation of the positions (seed 49), the same for every batch item.
-        cp = np.asarray(split.corrupted_positions)
-        assert (cp == cp[0]).all() and sorted(cp[0].tolist()) == list(range(seq))
-        assert (cp[0] != np.arange(seq)).any()
+    assert b.info["positions"] == "none"
+    for split in (b.val, b.test):
         logits, _ = clean_run(b.model, split.clean)
         for metric in split.metrics.values():
             assert float(metric(logits[:, split.logit_positions])) == pytest.approx(0.0, abs=1e-6)
@@ -386,7 +385,7 @@ def test_corrupted_ablation_invariant(tracr_reverse):
     model, graph = b.model, jacdc.graph_of(b.model.graph_shape)
     cat = lambda f: jnp.asarray(np.concatenate([f(b.val), f(b.test)]))
     tokens, corrupted = cat(lambda t: t.clean), cat(lambda t: t.corrupted)
-    positions = cat(lambda t: t.corrupted_positions)
+    positions = jnp.asarray(shuffled_positions(*tokens.shape))  # positions="shuffled"
     sources = corrupted_sources(model, corrupted, positions)
     # As many masks as `_ground_truth_runs` uses, so the compiled function is reused.
     vectors = np.zeros((len(b.info["ground_truth"]) + 2, len(graph)), np.float32)
