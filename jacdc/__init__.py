@@ -33,9 +33,12 @@ from ._graph import (
 )
 from ._hisp import HISPResult as HISPResult, hisp as hisp, hisp_scores as hisp_scores
 from ._patching import (
+    ABLATIONS as ABLATIONS,
+    Ablation as Ablation,
     ablation_sources as ablation_sources,
     masked_logits as masked_logits,
     metric_of_mask as metric_of_mask,
+    mean_sources as mean_sources,
     metric_value as metric_value,
 )
 from ._roc import (

@@ -38,11 +38,8 @@ from ._sp import (
 
 
 @eqx.filter_jit
-def _per_example_grads(model, task, metric: str):
-    from jacdc.models import empty_sources
-
+def _per_example_grads(model, task, metric: str, corrupted):
     shape = model.graph_shape
-    corrupted = empty_sources(model.cfg, task.seq, (task.batch,))
     units = NodeMask.full(shape, 1.0, (task.batch,))
     positions = jnp.arange(task.seq)
     prefix = jnp.zeros((0, task.seq, model.cfg.d_model), jnp.float32)
@@ -77,13 +74,25 @@ class HISPResult(NamedTuple):
     circuits: np.ndarray
 
 
-def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def hisp_scores(model, task, *, metric: str, ablation=None) -> tuple[np.ndarray, np.ndarray]:
     """Raw and per-layer-normalised HISP scores, one per unit (order of
-    [`jacdc.unit_names`][])."""
+    [`jacdc.unit_names`][]). `ablation`: the baseline the unit gradients are taken against:
+    zero (the original's, and the default for `None`, `"zero"` and `"corrupted"`, see the
+    module docstring) or, for `"mean"` / `"mean-positions"` (or a mean [`jacdc.Ablation`][]),
+    the reference mean of [`jacdc.ablation_sources`][]."""
+    from jacdc.models import empty_sources
+
+    from ._patching import ablation_sources, resolve_ablation
+
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     shape = model.graph_shape
-    grads = _per_example_grads(model, task, metric)
+    ab = resolve_ablation(False, ablation)
+    if ab.is_mean:
+        corrupted = ablation_sources(model, task, ablation=ab)
+    else:
+        corrupted = empty_sources(model.cfg, task.seq, (task.batch,))
+    grads = _per_example_grads(model, task, metric, corrupted)
     raw = np.abs(unit_vector(shape, jax.tree.map(np.asarray, grads))).sum(0).astype(np.float64)
     per_layer = raw.reshape(shape.n_layers, -1)
     norms = np.linalg.norm(per_layer, axis=1, keepdims=True)
@@ -91,11 +100,12 @@ def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return raw, normed.reshape(-1)
 
 
-def hisp(model, task, *, metric: str) -> HISPResult:
+def hisp(model, task, *, metric: str, ablation=None) -> HISPResult:
     """Runs HISP on `task` (the validation split): scores every unit and returns the nested
-    circuits of the ascending pruning order. See the module docstring."""
+    circuits of the ascending pruning order. See the module docstring; `ablation` as in
+    [`hisp_scores`][]."""
     shape = model.graph_shape
-    raw, scores = hisp_scores(model, task, metric=metric)
+    raw, scores = hisp_scores(model, task, metric=metric, ablation=ablation)
     order = np.argsort(scores, kind="stable")
     n = scores.size
     # keep[j, u]: is unit u still kept after pruning j units?
