@@ -3,11 +3,18 @@ checkpoints, tracr)."""
 
 from ._config import TransformerConfig as TransformerConfig
 from ._gpt2 import gpt2_config as gpt2_config, load_gpt2 as load_gpt2
+from ._pretrained import (
+    LOADERS as LOADERS,
+    Pretrained as Pretrained,
+    load_pretrained as load_pretrained,
+    register_loader as register_loader,
+)
 from ._tl import (
     KNOWN_CONFIGS as KNOWN_CONFIGS,
     from_transformer_lens_state_dict as from_transformer_lens_state_dict,
     load_attn_only_4l as load_attn_only_4l,
     load_redwood_attn_2l as load_redwood_attn_2l,
+    load_transformer_lens as load_transformer_lens,
     transformer_lens_config as transformer_lens_config,
 )
 from ._tokenizer import GPT2Tokenizer as GPT2Tokenizer, gpt2_tokenizer as gpt2_tokenizer
