@@ -1,42 +1,8 @@
 """jacdc: automated circuit discovery for transformers, in JAX."""
 
 import importlib.metadata
-import importlib.util
-import sys
-from pathlib import Path
 
-
-def _map_source_tree() -> None:
-    # `models/` and `tasks/` live at the top of the repository and install as `jacdc.models` and
-    # `jacdc.tasks`. Imported from a checkout without `pip install` (e.g. `python -c "import
-    # jacdc"` in the repository root) they are not found; a finder at the end of
-    # `sys.meta_path` maps them to those folders (an installed copy always wins).
-    root = Path(__file__).resolve().parent.parent
-    folders = {f"{__name__}.{n}": root / n for n in ("models", "tasks")}
-    if all(importlib.util.find_spec(full) is not None for full in folders):
-        return
-    missing = [f for f in folders.values() if not (f / "__init__.py").is_file()]
-    if missing:
-        raise ImportError(
-            f"jacdc.models / jacdc.tasks are not installed and {missing[0]} is missing; install "
-            'jacdc with `pip install -e .` (or `pip install -c constraints.txt ".[test]"`).'
-        )
-
-    class _SourceTreeFinder:
-        @staticmethod
-        def find_spec(fullname, path=None, target=None):
-            folder = folders.get(fullname)
-            if folder is None:
-                return None
-            return importlib.util.spec_from_file_location(
-                fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
-            )
-
-    sys.meta_path.append(_SourceTreeFinder())
-
-
-_map_source_tree()
-
+from . import _source_tree as _source_tree  # first: maps jacdc.models/tasks in a checkout
 from ._acdc import (
     ACDCResult as ACDCResult,
     acdc as acdc,

@@ -72,8 +72,7 @@ def faithfulness_plot(points: list[dict], out_stem: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError as err:
         raise ImportError(
-            'The faithfulness plot needs matplotlib: pip install "jacdc[plot]" (or pass '
-            "--no-plot)."
+            'The faithfulness plot needs matplotlib: pip install "jacdc[plot]" (or pass --no-plot).'
         ) from err
     from ._results import atomic_write_bytes
 

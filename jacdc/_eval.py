@@ -144,7 +144,7 @@ def load_for_eval(doc: dict, where: str, *, weights=None, prompts=None, dataset=
     builtin = hyper.get("builtin_task", doc.get("task"))
     if prompts is not None:
         if not weights or weights in ("random", "random-small"):
-            raise ValueError("Scoring text prompts needs --weights (a checkpoint with a tokenizer).")
+            raise ValueError("Scoring text prompts needs --weights (a checkpoint and tokenizer).")
         pre = load_pretrained(weights)
         _check_same_model(doc, pre.model, where)
         if pre.tokenizer is None:
