@@ -13,9 +13,19 @@ WORDS = ["When", "Mary", "and", "John", "went", "to", "the", "shop", "gave", "a"
 
 # Mixed token lengths (1 token per word with this vocabulary): 9, 7 and 11 tokens.
 ROWS = [
-    ("When Mary and John went to the shop John gave a", "When Tom and John went to the shop John gave a", " Mary", " John"),  # noqa: E501
+    (
+        "When Mary and John went to the shop John gave a",
+        "When Tom and John went to the shop John gave a",
+        " Mary",
+        " John",
+    ),  # noqa: E501
     ("When Anna and Tom ran home Tom", "When Mary and Tom ran home Tom", " Anna", " Tom"),
-    ("When John and Mary went to the shop then Mary gave", "When John and Anna went to the shop then Mary gave", " John", " Mary"),  # noqa: E501
+    (
+        "When John and Mary went to the shop then Mary gave",
+        "When John and Anna went to the shop then Mary gave",
+        " John",
+        " Mary",
+    ),  # noqa: E501
     ("When Tom and Anna ran home Anna", "When Tom and John ran home Anna", " Tom", " Anna"),
 ]
 
