@@ -44,7 +44,7 @@ def read_token_dataset(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is empty (0 bytes); write the arrays again.")
     if path.suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as f:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
                 arrays = {k: np.asarray(f[k]) for k in f.files}
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
             raise ValueError(
