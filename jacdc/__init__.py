@@ -9,6 +9,7 @@ from ._acdc import (
     acdc_nodes as acdc_nodes,
     acdc_sweep as acdc_sweep,
 )
+from ._compare import compare_circuits as compare_circuits, overlap_stats as overlap_stats
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,
@@ -19,6 +20,7 @@ from ._edge_pruning import (
     edge_pruning as edge_pruning,
     edge_pruning_sweep as edge_pruning_sweep,
 )
+from ._eval import evaluate_circuit as evaluate_circuit
 from ._faithfulness import (
     Faithfulness as Faithfulness,
     cpr_cmd as cpr_cmd,

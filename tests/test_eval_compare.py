@@ -24,7 +24,8 @@ def runs(data):
     root, folder, csv = data
     common = ["--weights", str(folder), "--prompts", str(csv), "--metric", "logit_diff",
               "--no-progress"]  # fmt: skip
-    assert main(["discover", *common, "--out", str(root / "acdc"), "--threshold", "0.05"]) == 0
+    assert main(["discover", *common, "--out", str(root / "acdc"), "--threshold", "0.05",
+                 "--engine", "reference"]) == 0  # fmt: skip
     assert main(["discover", *common, "--out", str(root / "eap"), "--algorithm", "eap",
                  "--top-k", "6", "--ablation", "mean"]) == 0  # fmt: skip
     return root, folder, csv
