@@ -86,3 +86,26 @@ def test_good_arrays_still_work(reverse):
                              like=bundle.val)  # fmt: skip
     assert sorted(task.metrics) == sorted(bundle.val.metrics)
     assert np.asarray(task.corrupted_positions).shape == clean.shape
+
+
+def test_cli_mean_ablation_with_a_reference_file(reverse, tmp_path, capsys):
+    import json
+
+    import jacdc
+
+    bundle, clean, corrupted = reverse
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, clean=corrupted, corrupted=corrupted)  # average over the corrupted prompts
+    out = tmp_path / "out"
+    argv = ["discover", "tracr-reverse", "--ablation", "mean", "--mean-reference", str(ref)]
+    code = _cli.main(argv + ["--out", str(out), "--no-progress", "--engine", "reference"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["hyperparameters"]["ablation"] == {"kind": "mean", "reference": "ref.npz"}
+    mine = jacdc.acdc(bundle.model, bundle.val, 0.01, metric="l2", engine="reference",
+                      ablation=jacdc.Ablation("mean", corrupted))  # fmt: skip
+    assert [e["present"] for e in doc["edges"]] == mine.present.tolist()
+    code = _cli.main(["discover", "tracr-reverse", "--ablation", "mean", "--zero-ablation",
+                      "--out", str(tmp_path / "x")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "contradicts" in err and not (tmp_path / "x").exists()
