@@ -243,3 +243,25 @@ def test_paper_thresholds_are_the_decimals_they_print_as():
     assert repr(grid[0]) == "1e-05"
     assert np.allclose(grid, 10.0 ** np.linspace(-5, -1, 21), rtol=1e-11, atol=0)
     assert jnp.all(jnp.diff(jnp.asarray(grid)) > 0)
+
+
+def test_load_pretrained_reads_a_gpt2_folder(tmp_path):
+    from test_gpt2 import BASE_CONFIG, _random_hf_tensors, _write_folder
+
+    from jacdc.models import load_gpt2
+
+    folder = _write_folder(
+        tmp_path / "g", BASE_CONFIG, _random_hf_tensors(np.random.default_rng(0))
+    )
+    pre = load_pretrained(folder)
+    assert pre.kind == "GPT2LMHeadModel"
+    np.testing.assert_array_equal(np.asarray(pre.model.w_e), np.asarray(load_gpt2(folder).w_e))
+    assert pre.tokenizer is None or pre.tokenizer.encode(" Mary")
+    # The dispatch table is open: another architecture plugs in under its `architectures` name.
+    cfg = dict(BASE_CONFIG, architectures=["TinyForCausalLM"])
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    jacdc.models.register_loader("TinyForCausalLM", lambda path, config: pre.model)
+    try:
+        assert load_pretrained(folder).kind == "TinyForCausalLM"
+    finally:
+        del jacdc.models.LOADERS["TinyForCausalLM"]
