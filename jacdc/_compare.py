@@ -127,8 +127,8 @@ def compare_command(args) -> dict:
             metric = doc["hyperparameters"]["metric"]
             ev = evaluate_circuit(model, task, circuit_of(doc), metric, ablation_of_result(doc),
                                   scores_of(doc))  # fmt: skip
-            points.append({"name": Path(name).stem if len(set(names)) == len(names) else name,
-                           "data": label, **ev})  # fmt: skip
+            short = f"{Path(name).parent.name}/{Path(name).stem}"
+            points.append({"name": f"{short} {doc.get('algorithm')}", "data": label, **ev})
         for r, p in zip(report["results"], points):
             r["faithfulness"] = p["faithfulness"]
             r["metric"] = {k: p[k] for k in ("metric", "circuit", "full_model", "empty_circuit")}
