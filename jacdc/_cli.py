@@ -492,6 +492,10 @@ def cmd_tasks(args) -> int:
         weights = "  [needs --weights]" if spec.needs_weights else ""
         print(f"{name:<{width}}  {spec.description}{weights}")
         print(f"{'':<{width}}  metrics: {', '.join(spec.metrics)} (default {spec.default_metric})")
+    print(
+        "your own data, no TASK: jacdc discover --weights PATH --prompts FILE.csv|.jsonl "
+        "(metrics logit_diff, prob_diff, logprob, kl_div) or --dataset FILE.npz|.json (kl_div)"
+    )
     return 0
 
 

@@ -132,6 +132,9 @@ def _where(source: str, i: int) -> str:
     return f"{source} row {i + 1}"
 
 
+_ANSWER_COLUMNS = ("correct", "incorrect", "correct_idx", "incorrect_idx")
+
+
 def _parse_cell(value: Any):
     """A CSV cell: a JSON list when it starts with `[`, else the string as written."""
     if isinstance(value, str) and value.strip().startswith("["):
@@ -208,7 +211,7 @@ def _read_rows(path: Path) -> list[dict]:
                     f"{_where(path.name, i)} has more cells than the header "
                     f"({len(reader.fieldnames or [])} columns)."
                 )
-            rows.append({k: _parse_cell(v) for k, v in row.items() if k is not None})
+            rows.append({k: _parse_cell(v) if k in _ANSWER_COLUMNS else v for k, v in row.items()})
         if not rows:
             raise ValueError(f"{path} has a header but no rows.")
         return rows
