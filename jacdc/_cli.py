@@ -184,9 +184,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", help="metric (default: the result's)")
     ev.add_argument("--ablation", choices=ABLATIONS, default=None, help="default: the result's")
     ev.add_argument("--mean-reference", help="mean ablation: reference prompts or tokens")
-    ev.add_argument("--split", choices=("val", "test"), default=None,
-                    help="split of --prompts / the built-in task (default: test; the result's "
-                    "own data: the split it was found on)")  # fmt: skip
+    ev.add_argument("--split", choices=("all", "val", "test"), default=None,
+                    help="rows of --prompts to score: all (default for a new file), or the "
+                    "seeded val/test split; the result's own data: val, the split it was found "
+                    "on")  # fmt: skip
     ev.add_argument("--seed", type=int, default=None, help="data seed (default: the result's)")
     ev.add_argument("--out", help="write the scores as JSON here (default: print only)")
     cp = sub.add_parser("compare", help="overlap of circuits, and one faithfulness plot")

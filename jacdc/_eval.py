@@ -169,7 +169,7 @@ def load_for_eval(doc: dict, where: str, *, weights=None, prompts=None, dataset=
     _check_same_model(doc, bundle.model, where)
     if dataset is not None:
         return bundle.model, tasks.task_from_dataset(dataset, bundle), Path(dataset).name
-    split = split or "val"
+    split = "val" if split in (None, "all") else split
     task = bundle.test if split == "test" else bundle.val
     return bundle.model, task, f"{builtin} ({split})"
 
