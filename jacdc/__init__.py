@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import _source_tree as _source_tree  # first: maps jacdc.models/tasks in a checkout
 from ._acdc import (
     ACDCResult as ACDCResult,
     acdc as acdc,
@@ -9,6 +10,7 @@ from ._acdc import (
     acdc_sweep as acdc_sweep,
 )
 from ._cache import enable_compilation_cache as _enable_compilation_cache
+from ._compare import compare_circuits as compare_circuits, overlap_stats as overlap_stats
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,
@@ -19,6 +21,7 @@ from ._edge_pruning import (
     edge_pruning as edge_pruning,
     edge_pruning_sweep as edge_pruning_sweep,
 )
+from ._eval import evaluate_circuit as evaluate_circuit
 from ._faithfulness import (
     Faithfulness as Faithfulness,
     cpr_cmd as cpr_cmd,
@@ -34,8 +37,11 @@ from ._graph import (
 )
 from ._hisp import HISPResult as HISPResult, hisp as hisp, hisp_scores as hisp_scores
 from ._patching import (
+    ABLATIONS as ABLATIONS,
+    Ablation as Ablation,
     ablation_sources as ablation_sources,
     masked_logits as masked_logits,
+    mean_sources as mean_sources,
     metric_of_mask as metric_of_mask,
     metric_value as metric_value,
 )

@@ -39,7 +39,7 @@ import numpy as np
 
 from ._evaluators import TRACE_COUNTS as TRACE_COUNTS, Evaluator
 from ._graph import QKV, Graph, GraphShape, graph_of
-from ._patching import ablation_sources, metric_of_mask
+from ._patching import ablation_sources, metric_of_mask, resolve_ablation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +228,7 @@ class ACDCResult:
       `before`, `after` (metric), `delta` (`after - before`, or its absolute value), `removed`,
       `skipped` (removed unchecked because its receiver had no children).
     - `wall_time`: seconds.
+    - `ablation`: `"corrupted"`, `"zero"`, `"mean"` or `"mean-positions"`.
     """
 
     present: np.ndarray
@@ -244,6 +245,7 @@ class ACDCResult:
     log: list[dict]
     graph_shape: GraphShape
     wall_time: float = 0.0
+    ablation: str = "corrupted"
 
     @property
     def graph(self) -> Graph:
@@ -670,6 +672,7 @@ def acdc_sweep(
     mesh=None,
     source_dtype=None,
     on_call: Callable[[int, float, int], None] | None = None,
+    ablation=None,
 ) -> list[ACDCResult]:
     """ACDC at several thresholds. The fast engine runs them as one lock-step batch sharing
     every device call; the reference engine runs them one after another.
@@ -681,6 +684,9 @@ def acdc_sweep(
     - `thresholds`: values of tau, each >= 0.
     - `metric`: name of one of `task.metrics` (minimised).
     - `zero_ablation`: zero the residual writers instead of patching corrupted activations.
+    - `ablation`: `"corrupted"` (default), `"zero"`, `"mean"`, `"mean-positions"` or a
+      [`jacdc.Ablation`][] (see [`jacdc.ablation_sources`][]); `zero_ablation=True` is
+      `ablation="zero"`.
     - `abs_value`: compare `|new - current|` with the threshold.
     - `engine`: `"fast"` or `"reference"`.
     - `candidates`: device lanes per call for the fast engine (`"auto"` by backend and size).
@@ -706,7 +712,20 @@ def acdc_sweep(
     """
     thresholds = [float(t) if isinstance(t, (int, float, np.floating)) else t for t in thresholds]
     _validate(model, task, thresholds, metric)
-    corrupted = ablation_sources(model, task, zero_ablation)
+    ab = resolve_ablation(zero_ablation, ablation)
+    zero_ablation = ab.kind == "zero"
+    corrupted = ablation_sources(model, task, ablation=ab)
+    results = _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine,
+                            candidates, suffix, progress, checkpoint, resume, stop_after_nodes,
+                            max_tests, layers, mesh, source_dtype, on_call, corrupted)  # fmt: skip
+    for r in results:
+        r.ablation = ab.kind
+    return results
+
+
+def _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine, candidates,
+                  suffix, progress, checkpoint, resume, stop_after_nodes, max_tests, layers, mesh,
+                  source_dtype, on_call, corrupted):  # fmt: skip
     if engine == "reference":
         if resume is not None or checkpoint is not None:
             raise ValueError("Checkpoints are supported by the fast engine only.")
@@ -789,6 +808,7 @@ def result_to_json(result: ACDCResult) -> dict:
         "threshold": result.threshold,
         "metric_name": result.metric_name,
         "zero_ablation": result.zero_ablation,
+        "ablation": result.ablation,
         "abs_value": result.abs_value,
         "engine": result.engine,
         "metric": result.metric,

@@ -1,13 +1,18 @@
 """The `jacdc` command line.
 
     jacdc tasks
-    jacdc discover TASK [--algorithm acdc] [--threshold T] [--zero-ablation] [--metric NAME]
+    jacdc discover [TASK] [--algorithm acdc] [--threshold T] [--zero-ablation] [--metric NAME]
                         [--out DIR] [--weights PATH] [--dataset FILE] [--engine fast|reference]
                         [--data paper|jacdc] [--data-dir DIR]
     jacdc sweep TASK --thresholds T [T ...] | --paper-thresholds  [same options]
     jacdc roc TASK --algorithms acdc,sp,hisp,eap,eap-ig,edge-pruning [--zero-ablation]
     jacdc draw RESULT.json
     jacdc cache info|clear
+    jacdc eval RESULT.json [--prompts FILE | --dataset FILE] [--weights PATH]
+    jacdc compare A.json B.json [...] [--out DIR]
+
+Without a TASK, `--weights PATH` with `--prompts FILE` (text) or `--dataset FILE` (token ids)
+runs on any checkpoint `jacdc.models.load_pretrained` reads.
 
 Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -24,6 +29,7 @@ import numpy as np
 
 
 DEFAULT_THRESHOLD = 0.01
+ABLATIONS = ("corrupted", "zero", "mean", "mean-positions")
 ALGORITHMS = ("acdc", "sp", "hisp", "eap", "eap-ig", "edge-pruning")
 
 
@@ -45,12 +51,32 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the tasks")
 
     def common(sp):
-        sp.add_argument("task", help="task name (see `jacdc tasks`)")
+        sp.add_argument(
+            "task",
+            nargs="?",
+            default=None,
+            help="task name (see `jacdc tasks`); omit it to run on --weights with --prompts or "
+            "--dataset",
+        )
         sp.add_argument("--metric", help="metric to minimise (default: the task's)")
         sp.add_argument(
             "--zero-ablation",
             action="store_true",
             help="zero the residual writers instead of patching corrupted activations",
+        )
+        data_options(sp)
+        sp.add_argument(
+            "--ablation",
+            choices=ABLATIONS,
+            default=None,
+            help="what a removed edge reads: corrupted (default), zero (= --zero-ablation), mean "
+            "(each source's mean over the reference prompts, per position) or mean-positions "
+            "(also averaged over positions)",
+        )
+        sp.add_argument(
+            "--mean-reference",
+            help="mean ablation: prompts (.csv/.jsonl) or tokens (.npz/.json) to average over "
+            "(default: the clean prompts)",
         )
         sp.add_argument("--out", help="output folder (default: runs/<task>-<settings>)")
         sp.add_argument("--weights", help="model weights: a folder, file or hub id")
@@ -106,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir",
             help="induction: folder with the paper's validation_data.pt and "
             "mask_repeat_candidates.pkl (default: the folder of --weights)",
+        )
+        sp.add_argument(
+            "--prompts",
+            help="your own text prompts (.csv or .jsonl; columns clean, corrupted, correct, "
+            "optional incorrect, position, split), tokenized with the --weights tokenizer",
+        )
+        sp.add_argument(
+            "--first-token",
+            action="store_true",
+            help="--prompts: score the first token of an answer that is several tokens",
         )
 
     d = sub.add_parser("discover", help="find a circuit")
@@ -166,13 +202,50 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="show or clear jacdc's on-disk caches (JACDC_CACHE_DIR)")
     c.add_argument("action", choices=("info", "clear"))
     c.add_argument("--part", choices=("xla", "tracr"), help="only this part (default: both)")
+    ev = sub.add_parser("eval", help="re-score a saved circuit (on new data)")
+    ev.add_argument("result", help="a result .json")
+    ev.add_argument("--weights", help="model weights (default: those the result records)")
+    ev.add_argument("--dataset", help="token data (.npz/.json) to score on")
+    data_options(ev)
+    ev.add_argument("--metric", help="metric (default: the result's)")
+    ev.add_argument("--ablation", choices=ABLATIONS, default=None, help="default: the result's")
+    ev.add_argument("--mean-reference", help="mean ablation: reference prompts or tokens")
+    ev.add_argument("--split", choices=("all", "val", "test"), default=None,
+                    help="rows of --prompts to score: all (default for a new file), or the "
+                    "seeded val/test split; the result's own data: val, the split it was found "
+                    "on")  # fmt: skip
+    ev.add_argument("--seed", type=int, default=None, help="data seed (default: the result's)")
+    ev.add_argument("--out", help="write the scores as JSON here (default: print only)")
+    cp = sub.add_parser("compare", help="overlap of circuits, and one faithfulness plot")
+    cp.add_argument("results", nargs="+", help="two or more result .json files")
+    cp.add_argument("--out", help="folder for compare.json and faithfulness.png/.svg")
+    cp.add_argument("--no-plot", action="store_true", help="skip the faithfulness plot")
     return p
 
 
 def _load_bundle(args):
     from jacdc import tasks
 
+    prompts = getattr(args, "prompts", None)
+    if args.task is None or prompts:
+        return _custom_bundle(args)
     spec = tasks.get_task(args.task)
+    weights = getattr(args, "weights", None)
+    if getattr(args, "dataset", None) and weights and weights not in ("random", "random-small"):
+        # The user's data replaces the task's: load the model only, never build the task's own
+        # data (which may not even fit the model, e.g. induction's 300 tokens on n_ctx 16).
+        from jacdc.models import load_pretrained
+
+        model = load_pretrained(weights).model
+        task = tasks.task_from_dataset(args.dataset, model)
+        return tasks.TaskBundle(
+            name=spec.name,
+            model=model,
+            val=task,
+            test=task,
+            default_metric="kl_div",
+            info={"user_data": True},
+        )
     if spec.needs_weights and not getattr(args, "weights", None):
         raise CLIError(
             f"Task {args.task!r} needs model weights: pass --weights PATH (a local checkpoint "
@@ -187,6 +260,80 @@ def _load_bundle(args):
                 raise CLIError(f"Task {args.task!r} has no {flag} option.")
             options[name] = value
     return tasks.load_task(args.task, **options)
+
+
+def _custom_bundle(args):
+    """A bundle from `--weights` and `--prompts` / `--dataset`, without a built-in task."""
+    from jacdc import tasks
+    from jacdc.models import load_pretrained
+
+    prompts, dataset = getattr(args, "prompts", None), getattr(args, "dataset", None)
+    if args.task is not None and prompts:
+        raise CLIError(
+            f"--prompts replaces the built-in task; drop the task name {args.task!r} (run "
+            "`jacdc discover --weights PATH --prompts FILE`)."
+        )
+    if prompts and dataset:
+        raise CLIError("Pass either --prompts (text) or --dataset (token ids), not both.")
+    if not (prompts or dataset):
+        raise CLIError(
+            "Give a TASK (see `jacdc tasks`), or --weights PATH with --prompts FILE (text) or "
+            "--dataset FILE (token ids) to run on your own checkpoint."
+        )
+    weights = getattr(args, "weights", None)
+    if not weights or weights in ("random", "random-small"):
+        raise CLIError(
+            "Without a built-in task, --weights must name a checkpoint folder, file or hub id "
+            "(random weights need a task's architecture: give a TASK)."
+        )
+    pre = load_pretrained(weights)
+    if dataset:
+        task = tasks.task_from_dataset(dataset, pre.model)
+        return tasks.TaskBundle(
+            name=Path(dataset).stem,
+            model=pre.model,
+            val=task,
+            test=task,
+            default_metric="kl_div",
+            info={"user_data": True},
+        )
+    if pre.tokenizer is None:
+        raise CLIError(
+            f"{weights} has no tokenizer files (tokenizer.json, vocab.json + merges.txt or "
+            "encoder.json + vocab.bpe), so text prompts cannot be tokenized; give token ids with --dataset."
+        )
+    bundle = tasks.from_file(
+        prompts, pre.model, pre.tokenizer, seed=args.seed or 0, first_token=args.first_token
+    )
+    bundle.info["user_data"] = True
+    return bundle
+
+
+def _task_of(args, bundle):
+    """The split discovery runs on: the user's token data or the bundle's validation split."""
+    from jacdc import tasks
+
+    if args.dataset and not bundle.info.get("user_data"):
+        return tasks.task_from_dataset(args.dataset, bundle)
+    return bundle.val
+
+
+def _ablation_of(args, model):
+    """The `jacdc.Ablation` of `--ablation` / `--zero-ablation` / `--mean-reference`."""
+    from jacdc._eval import make_ablation
+
+    if args.ablation and args.zero_ablation and args.ablation != "zero":
+        raise CLIError(f"--zero-ablation contradicts --ablation {args.ablation}; pass one.")
+    kind = args.ablation or ("zero" if args.zero_ablation else "corrupted")
+    return make_ablation(kind, getattr(args, "mean_reference", None), model, args.weights)
+
+
+def _data_sha256(args) -> str | None:
+    for name in ("prompts", "dataset"):
+        value = getattr(args, name, None)
+        if value and Path(value).exists():
+            return hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return None
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
@@ -216,11 +363,7 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 def _run_id(args, thresholds) -> dict:
-    dataset_hash = None
-    if args.dataset:
-        path = Path(args.dataset)
-        if path.exists():
-            dataset_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    dataset_hash = _data_sha256(args)
     return {
         "task": args.task,
         "thresholds": list(thresholds),
@@ -233,6 +376,8 @@ def _run_id(args, thresholds) -> dict:
         "data": getattr(args, "data", None),
         "data_dir": getattr(args, "data_dir", None),
         "engine": args.engine,
+        "ablation": args.ablation,
+        "mean_reference": args.mean_reference,
     }
 
 
@@ -240,16 +385,16 @@ def _acdc_runs(args, thresholds, out_dir: Path):
     """Runs ACDC at `thresholds`, resuming from `out_dir/checkpoint.json` when it matches."""
     import jacdc
     import jacdc._acdc
-    from jacdc._dataset import task_from_dataset
     from jacdc._results import atomic_write_json
 
     jacdc._acdc.check_thresholds(thresholds)
     bundle = _load_bundle(args)
-    task = task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
+    task = _task_of(args, bundle)
+    ablation = _ablation_of(args, bundle.model)
     metric = args.metric or bundle.default_metric
     if metric not in task.metrics:
         raise CLIError(
-            f"Unknown metric {metric!r} for task {args.task!r}; available: "
+            f"Unknown metric {metric!r} for task {bundle.name!r}; available: "
             f"{', '.join(sorted(task.metrics))}."
         )
     args.metric = metric
@@ -270,7 +415,7 @@ def _acdc_runs(args, thresholds, out_dir: Path):
         atomic_write_json(ckpt_path, {"run": run_id, "state": state})
 
     total = len(jacdc.graph_of(bundle.model.graph_shape)) * len(thresholds)
-    progress, close = _progress_bar(not args.no_progress, total, f"ACDC {args.task}")
+    progress, close = _progress_bar(not args.no_progress, total, f"ACDC {bundle.name}")
     start = time.perf_counter()
     try:
         from jacdc import _sharding
@@ -288,7 +433,7 @@ def _acdc_runs(args, thresholds, out_dir: Path):
             devices=args.devices,
             candidates=args.candidates or "auto",
             on_estimate=lambda e: print(f"jacdc: memory: {e}", file=sys.stderr),
-            zero_ablation=args.zero_ablation,
+            ablation=ablation,
             abs_value=args.abs_value,
             engine=args.engine,
             progress=progress,
@@ -297,6 +442,7 @@ def _acdc_runs(args, thresholds, out_dir: Path):
     finally:
         close()
     wall = time.perf_counter() - start
+    args.ablation_obj = ablation
     return bundle, task, results, wall, ckpt_path
 
 
@@ -313,8 +459,8 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
     metrics = {
         "validation": {result.metric_name: result.metric, "full_model": result.initial_metric}
     }
-    if not args.dataset:  # the test split, with every metric of the task
-        corrupted = ablation_sources(bundle.model, bundle.test, args.zero_ablation)
+    if task is bundle.val and bundle.test is not task:  # the test split, every metric
+        corrupted = ablation_sources(bundle.model, bundle.test, ablation=args.ablation_obj)
         mask = result.mask
         metrics["test"] = {
             name: float(metric_of_mask(bundle.model, bundle.test, mask, corrupted, name))
@@ -331,11 +477,11 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
             "threshold": result.threshold,
             "metric": result.metric_name,
             "zero_ablation": result.zero_ablation,
+            "ablation": args.ablation_obj.describe(),
             "abs_value": result.abs_value,
             "engine": result.engine,
             "layers": args.layers if result.engine == "fast" else "unrolled",
-            "dataset": args.dataset,
-            "weights": args.weights,
+            **_data_record(args),
             "task_data": bundle.info.get("data"),
         },
         metrics=metrics,
@@ -354,11 +500,24 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
     return paths
 
 
+def _data_record(args) -> dict:
+    """What a result records about its data (enough for `jacdc eval` to rebuild it)."""
+    return {
+        "dataset": args.dataset,
+        "prompts": getattr(args, "prompts", None),
+        "first_token": bool(getattr(args, "first_token", False)),
+        "data_sha256": _data_sha256(args),
+        "weights": args.weights,
+        "builtin_task": args.task,
+    }
+
+
 def _default_out(args, suffix: str) -> Path:
-    ablation = "zero" if args.zero_ablation else "corrupted"
+    ablation = args.ablation or ("zero" if args.zero_ablation else "corrupted")
     metric = f"-{args.metric}" if args.metric else ""
     data = f"-{args.data}-data" if getattr(args, "data", None) not in (None, "paper") else ""
-    return Path("runs") / f"{args.task}-{suffix}{metric}-{ablation}{data}"
+    label = args.task or Path(args.prompts or args.dataset or "custom").stem
+    return Path("runs") / f"{label}-{suffix}{metric}-{ablation}{data}"
 
 
 def cmd_tasks(args) -> int:
@@ -371,6 +530,10 @@ def cmd_tasks(args) -> int:
         weights = "  [needs --weights]" if spec.needs_weights else ""
         print(f"{name:<{width}}  {spec.description}{weights}")
         print(f"{'':<{width}}  metrics: {', '.join(spec.metrics)} (default {spec.default_metric})")
+    print(
+        "your own data, no TASK: jacdc discover --weights PATH --prompts FILE.csv|.jsonl "
+        "(metrics logit_diff, prob_diff, logprob, kl_div) or --dataset FILE.npz|.json (kl_div)"
+    )
     return 0
 
 
@@ -391,7 +554,7 @@ def cmd_discover(args) -> int:
     )
     for name in result.present_names:
         print(f"  {name}")
-    if bundle.canonical is not None and not args.dataset:
+    if bundle.canonical is not None and task is bundle.val:
         canonical = set(bundle.canonical)
         found = set(result.present_names)
         print(
@@ -406,7 +569,7 @@ def cmd_sweep(args) -> int:
     from jacdc._results import atomic_write_json
 
     if args.paper_thresholds:
-        thresholds = [float(t) for t in 10.0 ** np.linspace(-5, -1, 21)]
+        thresholds = paper_thresholds()
     else:
         thresholds = args.thresholds
     out_dir = Path(args.out) if args.out else _default_out(args, "acdc-sweep")
@@ -424,7 +587,7 @@ def cmd_sweep(args) -> int:
                 "result": f"{stem}.json",
             }
         )
-        print(f"tau={r.threshold:.3e}: {r.n_edges} edges, {r.metric_name} {r.metric:.4g}")
+        print(f"tau={r.threshold!r}: {r.n_edges} edges, {r.metric_name} {r.metric:.4g}")
     atomic_write_json(
         out_dir / "sweep.json", {"task": bundle.name, "wall_time_s": wall, "runs": summary}
     )
@@ -434,17 +597,23 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def paper_thresholds() -> list[float]:
+    """The paper's tracr grid 10^linspace(-5, -1, 21), each value rounded to 12 significant
+    digits so that it is the decimal it prints as (1e-05, not 9.999999999999999e-06)."""
+    return [float(f"{t:.12g}") for t in 10.0 ** np.linspace(-5, -1, 21)]
+
+
 def _discover_other(args) -> int:
     """SP, HISP, EAP, EAP-IG and edge pruning: one circuit each, same result files as ACDC."""
     import jax.random as jr
 
     import jacdc
     from jacdc import _sharding
-    from jacdc._dataset import task_from_dataset
     from jacdc._results import write_result
 
     bundle = _load_bundle(args)
-    task = task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
+    task = _task_of(args, bundle)
+    ablation = _ablation_of(args, bundle.model)
     metric = args.metric or bundle.default_metric
     if metric not in task.metrics:
         raise CLIError(f"Unknown metric {metric!r}; available: {', '.join(sorted(task.metrics))}.")
@@ -455,9 +624,9 @@ def _discover_other(args) -> int:
     scores = None
     hyper = {
         "metric": metric,
-        "zero_ablation": args.zero_ablation,
-        "dataset": args.dataset,
-        "weights": args.weights,
+        "zero_ablation": ablation.kind == "zero",
+        "ablation": ablation.describe(),
+        **_data_record(args),
         "task_data": bundle.info.get("data"),
     }
     start = time.perf_counter()
@@ -472,7 +641,7 @@ def _discover_other(args) -> int:
             lane_keys=key[None],
             metric=metric,
             devices=args.devices,
-            zero_ablation=args.zero_ablation,
+            ablation=ablation,
             n_steps=args.steps,
             on_estimate=show,
         )
@@ -485,13 +654,13 @@ def _discover_other(args) -> int:
             args.lam,
             key=key,
             metric=metric,
-            zero_ablation=args.zero_ablation,
+            ablation=ablation,
             n_steps=args.steps,
         )
         present, scores = run.present, run.scores
         hyper.update(lam=args.lam, steps=args.steps)
     elif args.algorithm == "hisp":
-        run = jacdc.hisp(bundle.model, task, metric=metric)
+        run = jacdc.hisp(bundle.model, task, metric=metric, ablation=ablation)
         n_units = len(run.units)
         keep = args.top_k if args.top_k is not None else max(1, n_units // 4)
         if not 0 <= keep <= n_units:
@@ -505,7 +674,7 @@ def _discover_other(args) -> int:
             metric=metric,
             devices=args.devices,
             steps=None if args.algorithm == "eap" else 5,
-            zero_ablation=args.zero_ablation,
+            ablation=ablation,
             on_estimate=show,
         )
         if args.threshold is not None:
@@ -516,13 +685,19 @@ def _discover_other(args) -> int:
             present = jacdc.circuit_from_scores(scores, top_k=k)
             hyper.update(top_k=k)
     wall = time.perf_counter() - start
-    corrupted = jacdc.ablation_sources(bundle.model, task, args.zero_ablation)
+    corrupted = jacdc.ablation_sources(bundle.model, task, ablation=ablation)
     mask = graph.from_vector(np.asarray(present, np.float32))
     metrics = {
         "validation": {
             metric: float(jacdc.metric_of_mask(bundle.model, task, mask, corrupted, metric))
         }
     }
+    if task is bundle.val and bundle.test is not task:
+        test_src = jacdc.ablation_sources(bundle.model, bundle.test, ablation=ablation)
+        metrics["test"] = {
+            name: float(jacdc.metric_of_mask(bundle.model, bundle.test, mask, test_src, name))
+            for name in bundle.test.metrics
+        }
     paths = write_result(
         out_dir,
         algorithm=args.algorithm,
@@ -636,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         "roc": cmd_roc,
         "draw": cmd_draw,
         "cache": cmd_cache,
+        "eval": cmd_eval,
+        "compare": cmd_compare,
     }
     try:
         return commands[args.command](args)
@@ -649,6 +826,22 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"jacdc: error: {message}", file=sys.stderr)
         return 2
+
+
+def cmd_eval(args) -> int:
+    from jacdc import _eval
+
+    report = _eval.eval_command(args)
+    print(_eval.format_report(report))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from jacdc import _compare
+
+    report = _compare.compare_command(args)
+    print(_compare.format_report(report))
+    return 0
 
 
 if __name__ == "__main__":

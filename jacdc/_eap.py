@@ -45,17 +45,17 @@ def _mask_grads(model, task, corrupted, alphas: Float[Array, " step"], metric: s
     return jax.tree.map(lambda g: g.mean(0), jax.vmap(grad_at)(alphas))
 
 
-def _scores(model, task, metric, zero_ablation, alphas, corrupted) -> np.ndarray:
+def _scores(model, task, metric, zero_ablation, alphas, corrupted, ablation=None) -> np.ndarray:
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     if corrupted is None:
-        corrupted = ablation_sources(model, task, zero_ablation)
+        corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     grads = _mask_grads(model, task, corrupted, jnp.asarray(alphas, jnp.float32), metric)
     return np.asarray(graph_of(model.graph_shape).to_vector(grads), np.float64)
 
 
 def eap_scores(
-    model, task, *, metric: str, zero_ablation: bool = False, corrupted=None
+    model, task, *, metric: str, zero_ablation: bool = False, corrupted=None, ablation=None
 ) -> np.ndarray:
     """EAP: the gradient of the metric with respect to every edge's mask at the full mask,
     `(edge,)` in edge-id order.
@@ -66,19 +66,28 @@ def eap_scores(
     - `metric`: a key of `task.metrics`.
     - `zero_ablation`: differentiate towards zero ablation instead of the corrupted run.
     - `corrupted`: precomputed [`jacdc.models.Sources`][] (overrides `zero_ablation`).
+    - `ablation`: `"corrupted"`, `"zero"`, `"mean"`, `"mean-positions"` or a
+        [`jacdc.Ablation`][]: the run the scores differentiate towards.
     """
-    return _scores(model, task, metric, zero_ablation, [1.0], corrupted)
+    return _scores(model, task, metric, zero_ablation, [1.0], corrupted, ablation)
 
 
 def eap_ig_scores(
-    model, task, *, metric: str, steps: int = 5, zero_ablation: bool = False, corrupted=None
+    model,
+    task,
+    *,
+    metric: str,
+    steps: int = 5,
+    zero_ablation: bool = False,
+    corrupted=None,
+    ablation=None,
 ) -> np.ndarray:
     """EAP-IG on the mask path with `steps` points `alpha_k = k / steps` (see the module
     docstring); arguments as [`eap_scores`][]."""
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
     alphas = np.arange(1, steps + 1) / steps
-    return _scores(model, task, metric, zero_ablation, alphas, corrupted)
+    return _scores(model, task, metric, zero_ablation, alphas, corrupted, ablation)
 
 
 def circuit_from_scores(

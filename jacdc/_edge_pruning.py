@@ -136,6 +136,7 @@ def edge_pruning_sweep(
     mode: Literal["penalty", "target"] = "penalty",
     warmup: float = 0.5,
     deterministic: bool = True,
+    ablation=None,
 ) -> list[EdgePruningResult]:
     """Edge Pruning for several penalty strengths (or sparsity targets) as one compiled run.
 
@@ -147,6 +148,8 @@ def edge_pruning_sweep(
     - `key`: PRNG key, split into one key per lane (`jr.split(key, len(lambdas))`).
     - `metric`: a key of `task.metrics` (the paper uses KL; tracr uses `l2`).
     - `zero_ablation`: ablate edges to zero ablation instead of the corrupted run.
+    - `ablation`: `"corrupted"`, `"zero"`, `"mean"`, `"mean-positions"` or a
+        [`jacdc.Ablation`][] (overrides nothing: `zero_ablation=True` is `"zero"`).
     - `n_steps`, `lr`: Adam steps and learning rate.
     - `mode`, `warmup`: see the module docstring.
     - `deterministic`: threshold the noise-free mask (default) instead of one sample.
@@ -166,7 +169,7 @@ def edge_pruning_sweep(
     shape = model.graph_shape
     graph = graph_of(shape)
     keys = jr.split(key, lams.size)
-    corrupted = ablation_sources(model, task, zero_ablation)
+    corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     log_alpha0 = EdgeMask.full(shape, INIT_LOG_ALPHA)
     log_alpha0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (lams.size,) + x.shape), log_alpha0)
     log_alpha, (loss, value, density) = _train(

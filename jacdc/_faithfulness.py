@@ -69,6 +69,7 @@ def faithfulness_curve(
     metric: str,
     zero_ablation: bool = False,
     fractions: Sequence[float] = MIB_FRACTIONS,
+    ablation=None,
 ) -> Faithfulness:
     """The faithfulness curve of the top-k circuits of per-edge `scores` (higher = more
     important; pass `|score|` for signed attributions such as EAP). Ties go to the lower edge
@@ -81,6 +82,8 @@ def faithfulness_curve(
     - `metric`: a key of `task.metrics`.
     - `zero_ablation`: removed edges see zero ablation instead of the corrupted run.
     - `fractions`: increasing fractions of the edge count in `[0, 1]`.
+    - `ablation`: what removed edges read (a name or a [`jacdc.Ablation`][]; see
+        [`jacdc.ablation_sources`][]); `zero_ablation=True` is `"zero"`.
     """
     graph = graph_of(model.graph_shape)
     scores = np.asarray(scores, np.float64)
@@ -99,7 +102,7 @@ def faithfulness_curve(
     present = np.concatenate(
         [rank[None, :] < ks[:, None], np.ones((1, n), bool), np.zeros((1, n), bool)]
     )
-    corrupted = ablation_sources(model, task, zero_ablation)
+    corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     masks = graph.from_vector(jnp.asarray(present, jnp.float32))
     values = np.asarray(
         jax.vmap(lambda m: metric_of_mask(model, task, m, corrupted, metric))(masks), np.float64

@@ -89,13 +89,10 @@ def metric_elements(metric, logits: Float[Array, "batch pos vocab"]) -> Float[Ar
     return out.reshape(out.shape[0], -1)
 
 
-def _abs_element_grads(model, task, metric: str) -> NodeMask:
+def _abs_element_grads(model, task, metric: str, corrupted) -> NodeMask:
     """Per example, `sum_e |d metric_e / d m_u|` over that example's elements (leading batch
-    axis on every leaf)."""
-    from jacdc.models import empty_sources
-
+    axis on every leaf), against the baseline `corrupted` (zeros, or a mean ablation)."""
     shape = model.graph_shape
-    corrupted = empty_sources(model.cfg, task.seq, (task.batch,))
     units = NodeMask.full(shape, 1.0, (task.batch,))
     positions = jnp.arange(task.seq)
     prefix = jnp.zeros((0, task.seq, model.cfg.d_model), jnp.float32)
@@ -138,8 +135,8 @@ def _abs_element_grads(model, task, metric: str) -> NodeMask:
     return jax.tree.map(lambda g: g.sum(0), jax.lax.map(one_element, jnp.arange(n_elem)))
 
 
-def _compiled_grads(model, task, metric: str):
-    params, static = eqx.partition((model, task), eqx.is_array)
+def _compiled_grads(model, task, metric: str, corrupted):
+    params, static = eqx.partition((model, task, corrupted), eqx.is_array)
     static_leaves, static_def = jax.tree.flatten(static)
     shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
     key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric)
@@ -147,7 +144,8 @@ def _compiled_grads(model, task, metric: str):
     if compiled is None:
 
         def run(params):
-            return _abs_element_grads(*eqx.combine(params, static), metric)
+            model, task, corrupted = eqx.combine(params, static)
+            return _abs_element_grads(model, task, metric, corrupted)
 
         options = _CPU_OPTIONS if jax.default_backend() == "cpu" else None
         compiled = jax.jit(run).lower(params).compile(options)
@@ -177,13 +175,25 @@ class HISPResult(NamedTuple):
     circuits: np.ndarray
 
 
-def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def hisp_scores(model, task, *, metric: str, ablation=None) -> tuple[np.ndarray, np.ndarray]:
     """Raw and per-layer-normalised HISP scores, one per unit (order of
-    [`jacdc.unit_names`][])."""
+    [`jacdc.unit_names`][]). `ablation`: the baseline the unit gradients are taken against:
+    zero (the original's, and the default for `None`, `"zero"` and `"corrupted"`, see the
+    module docstring) or, for `"mean"` / `"mean-positions"` (or a mean [`jacdc.Ablation`][]),
+    the reference mean of [`jacdc.ablation_sources`][]."""
+    from jacdc.models import empty_sources
+
+    from ._patching import ablation_sources, resolve_ablation
+
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     shape = model.graph_shape
-    grads = _compiled_grads(model, task, metric)
+    ab = resolve_ablation(False, ablation)
+    if ab.is_mean:
+        corrupted = ablation_sources(model, task, ablation=ab)
+    else:
+        corrupted = empty_sources(model.cfg, task.seq, (task.batch,))
+    grads = _compiled_grads(model, task, metric, corrupted)
     raw = np.abs(unit_vector(shape, jax.tree.map(np.asarray, grads))).sum(0).astype(np.float64)
     per_layer = raw.reshape(shape.n_layers, -1)
     norms = np.linalg.norm(per_layer, axis=1, keepdims=True)
@@ -191,11 +201,12 @@ def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return raw, normed.reshape(-1)
 
 
-def hisp(model, task, *, metric: str) -> HISPResult:
+def hisp(model, task, *, metric: str, ablation=None) -> HISPResult:
     """Runs HISP on `task` (the validation split): scores every unit and returns the nested
-    circuits of the ascending pruning order. See the module docstring."""
+    circuits of the ascending pruning order. See the module docstring; `ablation` as in
+    [`hisp_scores`][]."""
     shape = model.graph_shape
-    raw, scores = hisp_scores(model, task, metric=metric)
+    raw, scores = hisp_scores(model, task, metric=metric, ablation=ablation)
     order = np.argsort(scores, kind="stable")
     n = scores.size
     # keep[j, u]: is unit u still kept after pruning j units?

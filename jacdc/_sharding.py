@@ -165,6 +165,7 @@ def sharded_sp_sweep(
     check_memory: bool = True,
     on_estimate=None,
     lane_keys=None,
+    ablation=None,
 ):
     """[`jacdc.sp_sweep`][] on a device mesh: the batch over the `"batch"` axis, the lambda
     values over the `"lane"` axis (padded with copies of the last lambda to a multiple of the
@@ -203,12 +204,12 @@ def sharded_sp_sweep(
     corrupted = None
     if jax.process_count() > 1:  # from this process's full copy (see `_local_sources`)
         corrupted = _local_sources(model, task, lambda m, t: _sp.unit_ablation_sources(
-            m, t, zero_ablation))  # fmt: skip
+            m, t, zero_ablation, ablation=ablation))  # fmt: skip
     if mesh.size > 1:
         model, task = shard(model, task, mesh)
         state, lam_arr, keys_p = shard_lanes((state, lam_arr, keys_p), mesh)
     if corrupted is None:
-        corrupted = _sp.unit_ablation_sources(model, task, zero_ablation)
+        corrupted = _sp.unit_ablation_sources(model, task, zero_ablation, ablation=ablation)
     if mesh.size > 1:
         corrupted = shard_sources(corrupted, mesh)
     state, (loss, value, reg) = _sp._sp_train(
@@ -231,6 +232,7 @@ def sharded_eap_scores(
     zero_ablation: bool = False,
     check_memory: bool = True,
     on_estimate=None,
+    ablation=None,
 ) -> np.ndarray:
     """[`jacdc.eap_scores`][] (or, with `steps`, [`jacdc.eap_ig_scores`][]) with the batch split
     over the mesh (the lane axis only replicates; use a mesh with every device on the batch
@@ -248,11 +250,13 @@ def sharded_eap_scores(
         _memory.check_fits(estimate, mesh.devices.flat[0])
     corrupted = None
     if jax.process_count() > 1:
-        corrupted = _local_sources(model, task, lambda m, t: ablation_sources(m, t, zero_ablation))
+        corrupted = _local_sources(
+            model, task, lambda m, t: ablation_sources(m, t, zero_ablation, ablation=ablation)
+        )
     if mesh.size > 1:
         model, task = shard(model, task, mesh)
     if corrupted is None:
-        corrupted = ablation_sources(model, task, zero_ablation)
+        corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     if mesh.size > 1:
         corrupted = shard_sources(corrupted, mesh)  # zero ablation broadcasts one sequence
     if steps is None:

@@ -55,7 +55,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._graph import QKV, EdgeMask, GraphShape, graph_of
-from ._patching import metric_value
+from ._patching import ablation_sources, metric_value, resolve_ablation
 
 
 BETA = 2.0 / 3.0
@@ -194,17 +194,20 @@ def circuit_from_units(shape: GraphShape, keep: NodeMask) -> np.ndarray:
     return present
 
 
-def unit_ablation_sources(model, task, zero_ablation: bool):
-    """The cache a unit is ablated to: the clean model's activations on the corrupted batch, or
-    (zero ablation, as in the original SP/HISP) all zeros, q/k/v biases included. The corrupted
-    run uses the ordinary positions even where the task shuffles them for ACDC
-    (`task.corrupted_positions`, tracr's `positions="shuffled"`): the original's SP cache never
-    shuffles positions."""
+def unit_ablation_sources(model, task, zero_ablation: bool = False, *, ablation=None):
+    """The cache a unit is ablated to: the clean model's activations on the corrupted batch,
+    (zero ablation, as in the original SP/HISP) all zeros, q/k/v biases included, or (mean
+    ablation) the reference mean of [`jacdc.ablation_sources`][]. The corrupted run uses the
+    ordinary positions even where the task shuffles them for ACDC (`task.corrupted_positions`,
+    tracr's `positions="shuffled"`): the original's SP cache never shuffles positions."""
     from jacdc.models import corrupted_sources, empty_sources
 
-    if zero_ablation:
+    ab = resolve_ablation(zero_ablation, ablation)
+    if ab.kind == "zero":
         return empty_sources(model.cfg, task.seq, (task.batch,))
-    return corrupted_sources(model, task.corrupted)
+    if ab.kind == "corrupted":
+        return corrupted_sources(model, task.corrupted)
+    return ablation_sources(model, task, ablation=ab)
 
 
 # ---- hard concrete ------------------------------------------------------------------------
@@ -357,6 +360,7 @@ def sp_sweep(
     n_steps: int = 3000,
     lr: float = 1e-3,
     deterministic: bool = False,
+    ablation=None,
 ) -> list[SPResult]:
     """Subnetwork Probing for several regularisation strengths, as one compiled run.
 
@@ -371,6 +375,8 @@ def sp_sweep(
     - `metric`: the task metric to minimise (a key of `task.metrics`).
     - `zero_ablation`: unit ablation to zero (the original's, q/k/v biases included) instead of
         corrupted activations.
+    - `ablation`: `"corrupted"`, `"zero"`, `"mean"`, `"mean-positions"` or a
+        [`jacdc.Ablation`][] (see [`unit_ablation_sources`][]).
     - `n_steps`: full-batch Adam steps (the paper's sweep used 10,000; its CLI default 3,000).
     - `lr`: Adam learning rate.
     - `deterministic`: threshold the noise-free mask instead of one sample (see module doc).
@@ -380,7 +386,7 @@ def sp_sweep(
     lams = _check_lambdas(lambdas)
     keys = jr.split(key, lams.size)
     return _sweep_with_keys(
-        model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic
+        model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic, ablation
     )
 
 
@@ -395,12 +401,13 @@ def subnetwork_probing(
     n_steps: int = 3000,
     lr: float = 1e-3,
     deterministic: bool = False,
+    ablation=None,
 ) -> SPResult:
     """Subnetwork Probing with one regularisation strength `lam`; `key` is used as the lane
     key directly. See [`sp_sweep`][] for the arguments."""
     _check_lambdas([lam])
     results = _sweep_with_keys(
-        model, task, [lam], key[None], metric, zero_ablation, n_steps, lr, deterministic
+        model, task, [lam], key[None], metric, zero_ablation, n_steps, lr, deterministic, ablation
     )
     return results[0]
 
@@ -423,12 +430,14 @@ def final_masks(log_alpha, keys, n_steps: int, deterministic: bool):
     )
 
 
-def _sweep_with_keys(model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic):
+def _sweep_with_keys(
+    model, task, lams, keys, metric, zero_ablation, n_steps, lr, deterministic, ablation=None
+):
     # `sp_sweep` with explicit lane keys (it splits its key; a single run uses the key as is).
     lams = _check_lambdas(lams)
     check_run(task, metric, n_steps)
     shape = model.graph_shape
-    corrupted = unit_ablation_sources(model, task, zero_ablation)
+    corrupted = unit_ablation_sources(model, task, zero_ablation, ablation=ablation)
     state = init_sp_state(shape, lams.size)
     state, (loss, value, reg) = _sp_train(
         state,

@@ -11,6 +11,12 @@ from ._hf import (
     read_hf_weights as read_hf_weights,
 )
 from ._hf_tokenizer import HFTokenizer as HFTokenizer, load_hf_tokenizer as load_hf_tokenizer
+from ._pretrained import (
+    LOADERS as LOADERS,
+    Pretrained as Pretrained,
+    load_pretrained as load_pretrained,
+    register_loader as register_loader,
+)
 from ._processing import (
     fold_value_biases as fold_value_biases,
     value_bias_folding as value_bias_folding,
@@ -26,6 +32,7 @@ from ._tl import (
     from_transformer_lens_state_dict as from_transformer_lens_state_dict,
     load_attn_only_4l as load_attn_only_4l,
     load_redwood_attn_2l as load_redwood_attn_2l,
+    load_transformer_lens as load_transformer_lens,
     transformer_lens_config as transformer_lens_config,
 )
 from ._tokenizer import GPT2Tokenizer as GPT2Tokenizer, gpt2_tokenizer as gpt2_tokenizer

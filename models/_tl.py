@@ -560,3 +560,21 @@ def load_attn_only_4l(
     LayerNorm folding and centring, used by ACDC for this model, change no patched result.)
     """
     return _load("attn-only-4l", source, cfg, fold_value_biases)
+
+
+def load_transformer_lens(source: str | os.PathLike, *, cfg: TransformerConfig) -> Transformer:
+    """Loads any TransformerLens checkpoint of architecture `cfg` (e.g. from
+    [`transformer_lens_config`][] of its `config.json`): a checkpoint file (`.pth`/`.pt`,
+    `.safetensors`, `.npz`) or a folder holding one (the file ending in `final.pth`, or the
+    only checkpoint file there)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix in (".pth", ".pt", ".safetensors", ".npz")
+        )
+        path = path / (files[0] if len(files) == 1 else _pick_checkpoint(files, None, str(path)))
+    elif not path.is_file():
+        raise FileNotFoundError(f"No TransformerLens checkpoint file or folder {str(path)!r}.")
+    return from_transformer_lens_state_dict(_read_checkpoint(path), cfg)

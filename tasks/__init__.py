@@ -8,6 +8,11 @@ from . import (  # noqa: E402  (language-model tasks: IOI, Greater-Than, Docstri
     _ioi as _ioi,
     _tracr as _tracr,  # noqa: E402  (tracr tasks)
 )
+from ._arrays import (
+    from_arrays as from_arrays,
+    read_token_dataset as read_token_dataset,
+    task_from_dataset as task_from_dataset,
+)
 from ._base import (
     AbstractMetric as AbstractMetric,
     KLMetric as KLMetric,
@@ -48,6 +53,15 @@ from ._registry import (
     get_task as get_task,
     load_task as load_task,
     register_task as register_task,
+)
+from ._text import (
+    TEXT_METRICS as TEXT_METRICS,
+    AnswerLogitDiff as AnswerLogitDiff,
+    AnswerLogProb as AnswerLogProb,
+    AnswerProbDiff as AnswerProbDiff,
+    from_file as from_file,
+    from_prompts as from_prompts,
+    prompt_tokens as prompt_tokens,
 )
 from ._tracr import (  # noqa: E402
     make_tracr_hist as make_tracr_hist,

@@ -88,6 +88,8 @@ class Task(eqx.Module):
         `arange(seq)` (tracr's random ablation shuffles the positional embedding).
     - `logit_positions`: `(pos,)` the positions whose logits the metrics read.
     - `metrics`: name -> [`AbstractMetric`][]; all minimised.
+    - `lengths`: `(batch,)` each prompt's length before right padding, or `None` when no row
+        is padded (mean ablation leaves padding out of its means).
     """
 
     clean: Int[Array, "batch seq"]
@@ -95,6 +97,7 @@ class Task(eqx.Module):
     corrupted_positions: Int[Array, "batch seq"] | None
     logit_positions: Int[Array, " pos"]
     metrics: dict[str, AbstractMetric]
+    lengths: Int[Array, " batch"] | None = None
 
     def __check_init__(self):
         if self.clean.ndim != 2 or self.clean.shape[0] == 0:
@@ -114,6 +117,10 @@ class Task(eqx.Module):
             raise ValueError(
                 f"corrupted_positions must have shape {self.clean.shape}, got "
                 f"{self.corrupted_positions.shape}."
+            )
+        if self.lengths is not None and self.lengths.shape != (self.clean.shape[0],):
+            raise ValueError(
+                f"lengths must have shape ({self.clean.shape[0]},), got {self.lengths.shape}."
             )
 
     @property
