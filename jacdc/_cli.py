@@ -146,7 +146,6 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("discover", help="find a circuit")
     common(d)
-    data_options(d)
     d.add_argument("--algorithm", choices=ALGORITHMS, default="acdc")
     d.add_argument(
         "--threshold",
@@ -177,7 +176,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     s = sub.add_parser("sweep", help="ACDC at several thresholds (one lock-step batch)")
     common(s)
-    data_options(s)
     group = s.add_mutually_exclusive_group(required=True)
     group.add_argument("--thresholds", type=float, nargs="+")
     group.add_argument(
