@@ -731,7 +731,10 @@ class Transformer(eqx.Module):
                 [_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32
             )
         online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
-        x = read(mask.out, online, shape.n_src, final_bias, L)
+        if cfg.post_norms:
+            x = read(mask.out, online, shape.n_src, final_bias, L)
+        else:  # the output reads every source: no validity mask needed
+            x = _mix(mask.out, online, corrupted.resid) + final_bias
         logits = self._unembed(x, logit_positions)
         if stage is not None:
             return logits, None
