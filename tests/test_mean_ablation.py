@@ -11,7 +11,7 @@ from jacdc.tasks import Task, kl_metric
 
 @pytest.fixture(scope="module")
 def toy(make_lm_model):
-    model = make_lm_model(seed=3, n_layers=2, d_vocab=23, n_ctx=12)
+    model = make_lm_model(seed=3, n_layers=1, d_vocab=23, n_ctx=12)
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 23, (5, 7)).astype(np.int32)
     corrupted = rng.integers(0, 23, (5, 7)).astype(np.int32)
