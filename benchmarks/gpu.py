@@ -520,7 +520,8 @@ def main(argv=None) -> int:
     unrolled_job, unrolled = None, None
     if args.compare_unrolled >= 0:  # compiles on the CPU while the accelerator runs ACDC
         unrolled = evaluator(model, task, corrupted, n_lanes, layers="unrolled")
-        unrolled_job = pool.submit(lambda: compile_step(*unrolled.arguments(args.compare_unrolled)))
+        u_fn, u_args = unrolled.arguments(args.compare_unrolled)
+        unrolled_job = pool.submit(compile_step, u_fn, *u_args)
     evaluate = evaluator(model, task, corrupted, n_lanes)
     jax.block_until_ready(evaluate.clean())
     log(f"compiling the ACDC evaluator (every stage), EAP and SP on {workers} threads ...")
