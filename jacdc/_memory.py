@@ -65,6 +65,7 @@ with the margin [`check_fits`][] leaves.
 """
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -136,18 +137,47 @@ def _fmt(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_ATTN_FIELDS = ("ln1", "w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "w_o", "ln_post_attn")
+_MLP_FIELDS = ("ln2", "w_in", "b_in", "w_gate", "b_gate", "w_out", "b_out", "ln_post_mlp")
+
+
+def _nbytes(tree) -> int:
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_shapes(cfg):
+    """The model's weights as shapes only (`eqx.filter_eval_shape` of the random
+    initialisation: nothing is allocated), in the storage dtype of `cfg.weight_dtype`."""
+    from jacdc.models import Transformer
+
+    model = eqx.filter_eval_shape(Transformer, cfg, key=jr.PRNGKey(0))
+    dtype = jnp.dtype(cfg.weight_dtype)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating)
+                                       else x.dtype),
+        eqx.filter(model, lambda x: isinstance(x, jax.ShapeDtypeStruct)),
+    )  # fmt: skip
+
+
+def _block_part_bytes(cfg) -> tuple[int, int, int]:
+    """Bytes of one layer's attention weights (without `b_o`), its MLP weights and its `b_o`."""
+    blk = _weight_shapes(cfg).blocks[0]
+    attn = sum(_nbytes(getattr(blk, f)) for f in _ATTN_FIELDS)
+    mlp = sum(_nbytes(getattr(blk, f)) for f in _MLP_FIELDS)
+    return attn, mlp, _nbytes(blk.b_o)
+
+
 def _weight_parts(cfg) -> dict[str, int]:
-    """Bytes of the float32 weights by part: `blocks` (all layers), `embed` (token and
-    position tables), `unembed` (final LayerNorm and unembedding)."""
-    d, e, H, m, L = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp or 0, cfg.n_layers
-    ln = 2 * d if cfg.normalization != "none" else 0
-    block = ln + 4 * H * d * e + 3 * H * e + d
-    if cfg.has_mlp:
-        block += ln + 2 * d * m + m + d
+    """Bytes of the weights by part: `blocks` (all layers), `embed` (token and position
+    tables), `unembed` (final norm and unembedding); counted from the model's own shapes, so
+    exact for every family (grouped-query k/v, gated MLPs, post-norms, RMSNorm, no position
+    table) and storage dtype."""
+    model = _weight_shapes(cfg)
     return {
-        "blocks": L * block * _F32,
-        "embed": (cfg.d_vocab + cfg.n_ctx) * d * _F32,
-        "unembed": (ln + d * cfg.vocab_out + cfg.vocab_out) * _F32,
+        "blocks": _nbytes(model.blocks),
+        "embed": _nbytes((model.w_e, model.w_pos)),
+        "unembed": _nbytes((model.ln_final, model.w_u, model.b_u)),
     }
 
 
@@ -204,8 +234,7 @@ def _n_prefix(shape, stage: int) -> int:
         return 0
     if stage == 2 * shape.n_layers:
         return shape.n_src
-    layer, part = divmod(stage, 2)
-    return shape.n_src_before_layer(layer) if part == 0 else shape.n_src_before_mlp(layer)
+    return shape.n_src_before_stage(stage)
 
 
 def _receiver_groups(shape, stage: int) -> list[tuple[str, int]]:
@@ -319,20 +348,19 @@ def acdc_memory(
 def _unrolled_weight_args(cfg, stage: int) -> int:
     """The weights the unrolled evaluator of `stage` reads (jit drops the others): all of them
     at stage 0; later, not the embedding tables (the position table stays for shortformer
-    models, which add it to q and k), nor the LayerNorm and q/k/v/o weights of the attention
+    models, which add it to q and k), nor the norm and q/k/v/o weights of the attention
     layers before the stage, nor the MLPs before it. Every layer's `b_o` is read (the biases
     accumulate)."""
     if stage == 0:
         return weight_bytes(cfg)
-    d, e, H, m = cfg.d_model, cfg.d_head, cfg.n_heads, cfg.d_mlp or 0
-    ln = 2 * d if cfg.normalization != "none" else 0
-    attn = ln + 4 * H * d * e + 3 * H * e  # without b_o
-    mlp = ln + 2 * d * m + m + d if cfg.has_mlp else 0
-    w = _weight_parts(cfg)
+    attn, mlp, _ = _block_part_bytes(cfg)
+    model = _weight_shapes(cfg)
     skipped_attn = (stage + 1) // 2  # layers whose attention runs before `stage`
     skipped_mlp = stage // 2
-    dropped = w["embed"] - (cfg.n_ctx * d * _F32 if cfg.positional == "shortformer" else 0)
-    dropped += (skipped_attn * attn + skipped_mlp * mlp) * _F32
+    dropped = _nbytes(model.w_e)
+    if cfg.positional != "shortformer":
+        dropped += _nbytes(model.w_pos)
+    dropped += skipped_attn * attn + skipped_mlp * mlp
     return weight_bytes(cfg) - dropped
 
 
@@ -345,7 +373,7 @@ def _acdc_scan_memory(cfg, B, K, seq, n_pos, task, batch, mesh_shape, fs, suffix
     suffix = bool(suffix)
     w = _weight_parts(cfg)
     embed_read = not suffix or cfg.positional == "shortformer"
-    pos_table = cfg.n_ctx * cfg.d_model * _F32
+    pos_table = _nbytes(_weight_shapes(cfg).w_pos)
     embed_args = w["embed"] if not suffix else (pos_table if embed_read else 0)
     clean = B * shape.n_src * seq * cfg.d_model * fs if suffix else 0
     fixed = {
