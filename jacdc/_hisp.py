@@ -142,7 +142,8 @@ def _compiled_grads(model, task, metric: str):
     params, static = eqx.partition((model, task), eqx.is_array)
     static_leaves, static_def = jax.tree.flatten(static)
     shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
-    key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric)
+    precision = jax.config.jax_default_matmul_precision  # part of the compiled program
+    key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric, precision)
     compiled = _COMPILED.get(key)
     if compiled is None:
 
