@@ -36,6 +36,7 @@ from ._graph import (
     set_edge as set_edge,
 )
 from ._hisp import HISPResult as HISPResult, hisp as hisp, hisp_scores as hisp_scores
+from ._paper import paper_lambdas as paper_lambdas, paper_report as paper_report
 from ._patching import (
     ABLATIONS as ABLATIONS,
     Ablation as Ablation,
@@ -44,6 +45,11 @@ from ._patching import (
     mean_sources as mean_sources,
     metric_of_mask as metric_of_mask,
     metric_value as metric_value,
+)
+from ._precision import (
+    PRECISIONS as PRECISIONS,
+    matmul_precision as matmul_precision,
+    with_precision as _with_precision,
 )
 from ._roc import (
     ROCResult as ROCResult,
@@ -71,6 +77,19 @@ from ._sp import (
     unit_names as unit_names,
 )
 
+
+# Every public algorithm takes `precision=` (default "highest"; see jacdc/_precision.py).
+acdc = _with_precision(acdc)
+acdc_sweep = _with_precision(acdc_sweep)
+acdc_nodes = _with_precision(acdc_nodes)
+eap_scores = _with_precision(eap_scores)
+eap_ig_scores = _with_precision(eap_ig_scores)
+edge_pruning = _with_precision(edge_pruning)
+edge_pruning_sweep = _with_precision(edge_pruning_sweep)
+hisp = _with_precision(hisp)
+hisp_scores = _with_precision(hisp_scores)
+sp_sweep = _with_precision(sp_sweep)
+subnetwork_probing = _with_precision(subnetwork_probing)
 
 try:
     __version__ = importlib.metadata.version("jacdc")

@@ -13,6 +13,11 @@
 
 Without a TASK, `--weights PATH` with `--prompts FILE` (text) or `--dataset FILE` (token ids)
 runs on any checkpoint `jacdc.models.load_pretrained` reads.
+    jacdc paper [TASK ...] [--weights TASK=PATH ...] [--algorithms acdc,sp,hisp] [--out DIR]
+
+Every command that computes takes `--precision` (matmul precision, default highest) and
+`--no-fold-value-biases` (load the raw weights; default: TransformerLens's value-bias folding,
+as the paper); tracr tasks take `--positions none|shuffled`.
 
 Bad input ends with a one-line `jacdc: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -50,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list the tasks")
 
+    def model_options(sp):
+        from jacdc._precision import PRECISIONS
+
+        sp.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=None,
+            help="matmul precision (default: highest, exact float32; high/default are faster on "
+            "GPUs); recorded in the results",
+        )
+        sp.add_argument(
+            "--no-fold-value-biases",
+            action="store_true",
+            help="load GPT-2 / TransformerLens weights raw instead of folding b_V into b_O as "
+            "TransformerLens (and the paper) did",
+        )
+
     def common(sp):
         sp.add_argument(
             "task",
@@ -57,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="task name (see `jacdc tasks`); omit it to run on --weights with --prompts or "
             "--dataset",
+        )
+        model_options(sp)
+        sp.add_argument(
+            "--positions",
+            choices=("none", "shuffled"),
+            default=None,
+            help="tracr: positional corruption of the corrupted run (default none, as in the "
+            "paper's runs; shuffled = the original's current seed-49 permutation)",
         )
         sp.add_argument("--metric", help="metric to minimise (default: the task's)")
         sp.add_argument(
@@ -194,6 +224,24 @@ def _parser() -> argparse.ArgumentParser:
     data_options(r)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out")
+    model_options(r)
+    r.add_argument("--positions", choices=("none", "shuffled"), default=None)
+    pp = sub.add_parser("paper", help="the paper's sweeps and its Tables 2 and 3, with ours")
+    pp.add_argument(
+        "tasks", nargs="*", help="ioi, greater-than, docstring, tracr-proportion, tracr-reverse"
+    )
+    pp.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="weights of a task that needs them (repeat per task)",
+    )
+    pp.add_argument("--algorithms", default="acdc,sp,hisp")
+    pp.add_argument("--sp-steps", type=int, default=10_000, help="SP steps (the paper: 10000)")
+    pp.add_argument("--seed", type=int, default=0, help="SP's PRNG seed")
+    pp.add_argument("--out", default="runs/paper")
+    model_options(pp)
     dr = sub.add_parser("draw", help="render a result's circuit (DOT, and SVG/PNG with Graphviz)")
     dr.add_argument("result", help="a result .json")
     dr.add_argument("--format", choices=("svg", "png", "dot"), default="svg")
@@ -232,9 +280,10 @@ def _load_bundle(args):
     if getattr(args, "dataset", None) and weights and weights not in ("random", "random-small"):
         # The user's data replaces the task's: load the model only, never build the task's own
         # data (which may not even fit the model, e.g. induction's 300 tokens on n_ctx 16).
-        from jacdc.models import load_pretrained
+        from jacdc.models import load_pretrained, value_bias_folding
 
-        model = load_pretrained(weights).model
+        with value_bias_folding(not getattr(args, "no_fold_value_biases", False)):
+            model = load_pretrained(weights).model
         task = tasks.task_from_dataset(args.dataset, model)
         return tasks.TaskBundle(
             name=spec.name,
@@ -251,13 +300,21 @@ def _load_bundle(args):
             "model for trying the pipeline."
         )
     options = {"weights": getattr(args, "weights", None), "seed": args.seed}
-    for flag, name in (("--data", "data"), ("--data-dir", "data_dir")):
+    for flag, name in (
+        ("--data", "data"),
+        ("--data-dir", "data_dir"),
+        ("--positions", "positions"),
+    ):
         value = getattr(args, name, None)
         if value is not None:
             if name not in inspect.signature(spec.build).parameters:
-                raise CLIError(f"Task {args.task!r} has no {flag} option.")
+                fix = " (tracr tasks only): drop it" if name == "positions" else ""
+                raise CLIError(f"Task {args.task!r} has no {flag} option{fix}.")
             options[name] = value
-    return tasks.load_task(args.task, **options)
+    from jacdc.models import value_bias_folding
+
+    with value_bias_folding(not getattr(args, "no_fold_value_biases", False)):
+        return tasks.load_task(args.task, **options)
 
 
 def _custom_bundle(args):
@@ -284,7 +341,10 @@ def _custom_bundle(args):
             "Without a built-in task, --weights must name a checkpoint folder, file or hub id "
             "(random weights need a task's architecture: give a TASK)."
         )
-    pre = load_pretrained(weights)
+    from jacdc.models import value_bias_folding
+
+    with value_bias_folding(not getattr(args, "no_fold_value_biases", False)):
+        pre = load_pretrained(weights)
     if dataset:
         task = tasks.task_from_dataset(dataset, pre.model)
         return tasks.TaskBundle(
@@ -298,7 +358,8 @@ def _custom_bundle(args):
     if pre.tokenizer is None:
         raise CLIError(
             f"{weights} has no tokenizer files (tokenizer.json, vocab.json + merges.txt or "
-            "encoder.json + vocab.bpe), so text prompts cannot be tokenized; give token ids with --dataset."
+            "encoder.json + vocab.bpe), so text prompts cannot be tokenized; give token ids "
+            "with --dataset."
         )
     bundle = tasks.from_file(
         prompts, pre.model, pre.tokenizer, seed=args.seed or 0, first_token=args.first_token
@@ -376,6 +437,9 @@ def _run_id(args, thresholds) -> dict:
         "engine": args.engine,
         "ablation": args.ablation,
         "mean_reference": args.mean_reference,
+        "precision": _precision_of(args),
+        "positions": args.positions,
+        "fold_value_biases": not args.no_fold_value_biases,
     }
 
 
@@ -481,6 +545,8 @@ def _write_acdc(bundle, task, result, args, out_dir: Path, stem: str, wall: floa
             "layers": args.layers if result.engine == "fast" else "unrolled",
             **_data_record(args),
             "task_data": bundle.info.get("data"),
+            "precision": _precision_of(args),
+            "tracr_positions": bundle.info.get("positions"),
         },
         metrics=metrics,
         seed=args.seed,
@@ -626,6 +692,8 @@ def _discover_other(args) -> int:
         "ablation": ablation.describe(),
         **_data_record(args),
         "task_data": bundle.info.get("data"),
+        "precision": _precision_of(args),
+        "tracr_positions": bundle.info.get("positions"),
     }
     start = time.perf_counter()
     show = lambda e: print(f"jacdc: memory: {e}", file=sys.stderr)  # noqa: E731
@@ -734,7 +802,12 @@ def cmd_roc(args) -> int:
         else Path("runs") / f"{args.task}-roc-" + ("zero" if args.zero_ablation else "corrupted")
     )
     report = _roc_report.roc_report(
-        bundle, algorithms, zero_ablation=args.zero_ablation, metric=args.metric, out_dir=out_dir
+        bundle,
+        algorithms,
+        zero_ablation=args.zero_ablation,
+        metric=args.metric,
+        out_dir=out_dir,
+        precision=args.precision,
     )
     md = report.get("files", {}).get("md")
     if md and Path(md).exists():
@@ -742,6 +815,41 @@ def cmd_roc(args) -> int:
         print(f"wrote {', '.join(str(p) for p in report['files'].values())}")
     else:
         print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def _precision_of(args) -> str:
+    from jacdc._precision import resolve
+
+    return resolve(getattr(args, "precision", None))
+
+
+def cmd_paper(args) -> int:
+    from jacdc import _paper
+    from jacdc.models import value_bias_folding
+
+    weights = {}
+    for item in args.weights:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise CLIError(f"--weights takes TASK=PATH (e.g. ioi=/models/gpt2), got {item!r}.")
+        weights[task] = path
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if args.sp_steps < 1:
+        raise CLIError(f"--sp-steps must be at least 1, got {args.sp_steps}.")
+    with value_bias_folding(not args.no_fold_value_biases):
+        report = _paper.paper_report(
+            args.tasks or None,
+            out_dir=args.out,
+            weights=weights,
+            algorithms=algorithms,
+            sp_steps=args.sp_steps,
+            seed=args.seed,
+            precision=args.precision,
+            log=lambda line: print(f"jacdc: {line}", file=sys.stderr),
+        )
+    print(Path(report["files"]["md"]).read_text())
+    print(f"wrote {report['files']['md']}, {report['files']['json']} and the ROC reports")
     return 0
 
 
@@ -811,9 +919,13 @@ def main(argv: list[str] | None = None) -> int:
         "cache": cmd_cache,
         "eval": cmd_eval,
         "compare": cmd_compare,
+        "paper": cmd_paper,
     }
     try:
-        return commands[args.command](args)
+        from jacdc._precision import matmul_precision
+
+        with matmul_precision(getattr(args, "precision", None)):
+            return commands[args.command](args)
     except KeyboardInterrupt:
         print(
             "jacdc: interrupted; rerun the same command to resume from the checkpoint",

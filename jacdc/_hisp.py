@@ -21,13 +21,18 @@ Reference §5.2. The units are SP's (each head's q, k, v outputs and each MLP ou
 4. Units are pruned in ascending order of normalised score; the circuit after pruning the first
    `j` units is one point of the ROC (`j = 0..n_units`), scored by the cumulative prune score.
 
-**NaN on CPU (fixed).** XLA:CPU's YNNPACK dot fusions (on by default in jaxlib 0.10) returned NaN
-for every unit of GPT-2-architecture models at batch 100 under `jit`: the compiled HLO was
-identical between runs, yet whether the result was NaN changed from process to process (with
-the Python hash seed, i.e. the heap layout) and never within one: a kernel reading memory it did
-not write. With the YNN fusions off (`xla_cpu_experimental_ynn_fusion_type=""`) every run was
-finite. HISP's gradient is therefore compiled with that option on the CPU backend
-(`tests/test_hisp.py::test_finite_on_gpt2_shaped_model_at_batch_100` and
+**NaN on CPU (fixed).** XLA:CPU's YNNPACK library fusions (on by default in jaxlib 0.10)
+returned NaN for every unit of GPT-2-architecture models at batch 100 under `jit`. The model
+and its maths have no NaN source (no log of 0, no 0 x inf: the run without `jit` is finite),
+and the compiled HLO was identical between runs, yet whether the result was NaN changed from
+process to process (with the Python hash seed, i.e. the heap layout) and never within one: a
+kernel reading memory it did not write. Narrowed down on a 2-layer, d_model 8 model with GPT-2's
+vocabulary at batch 100, sequence 15 (1 layer or batch 1 stayed finite): with only YNNPACK's
+*reduce* fusions enabled (`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`)
+every run was NaN; with only its dot or only its elementwise fusions, or none, every run was
+finite. HISP's gradient is therefore compiled without YNNPACK fusions on the CPU backend
+(`xla_cpu_experimental_ynn_fusion_type=""`; tests
+`tests/test_hisp.py::test_finite_on_gpt2_shaped_model_at_batch_100` and
 `::test_cpu_compilation_has_no_ynn_fusion`).
 
 So the ordering, and the ROC, are identical for zero and corrupted ablation (the ablation only
@@ -139,7 +144,8 @@ def _compiled_grads(model, task, metric: str, corrupted):
     params, static = eqx.partition((model, task, corrupted), eqx.is_array)
     static_leaves, static_def = jax.tree.flatten(static)
     shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
-    key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric)
+    precision = jax.config.jax_default_matmul_precision  # part of the compiled program
+    key = (static_def, tuple(static_leaves), jax.tree.structure(params), shapes, metric, precision)
     compiled = _COMPILED.get(key)
     if compiled is None:
 

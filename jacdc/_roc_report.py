@@ -211,6 +211,7 @@ def roc_report(
     edge_pruning_steps: int = 2_000,
     edge_pruning_lr: float = 0.05,
     eap_ig_steps: int = 5,
+    precision: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Runs `algorithms` on `bundle.val` and scores them against `bundle.canonical`.
@@ -229,12 +230,17 @@ def roc_report(
     - `seed`: PRNG seed of SP and edge pruning.
     - `sp_steps`, `sp_lr`, `edge_pruning_steps`, `edge_pruning_lr`, `eap_ig_steps`: training
         settings.
+    - `precision`: matmul precision of every algorithm (`jacdc.matmul_precision`; default
+        `"highest"`), recorded in `settings.precision`.
     - `log`: called with one line of progress per algorithm.
 
     **Returns:** the report as a dict (what the JSON file holds), with per algorithm the edge
     and node AUCs (pessimistic and trapezoid), the ROC points and the wall time, the
     published AUCs where the paper has them, and the paths written.
     """
+    from ._precision import matmul_precision, resolve
+
+    precision = resolve(precision)
     algorithms = list(algorithms)
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
@@ -278,14 +284,23 @@ def roc_report(
         "n_nodes": len(node_names(shape)),
         "canonical_edges": int(truth.sum()),
         "canonical_nodes": int(present_nodes(shape, truth).sum()),
-        "settings": dict(settings, seed=seed),
+        "settings": dict(
+            settings,
+            seed=seed,
+            precision=precision,
+            tracr_positions=bundle.info.get("positions"),
+            fold_value_biases=getattr(bundle.model.cfg, "fold_value_biases", None),
+        ),
         "algorithms": {},
     }
     keys = dict(zip(ALGORITHMS, jr.split(jr.key(seed), len(ALGORITHMS))))
     for name in algorithms:
         sweep = sweeps.get(name, default_sweep(name, bundle.name, metric))
         start = time.perf_counter()
-        result = _run_algorithm(name, bundle, metric, zero_ablation, sweep, keys[name], settings)
+        with matmul_precision(precision):
+            result = _run_algorithm(
+                name, bundle, metric, zero_ablation, sweep, keys[name], settings
+            )
         wall = time.perf_counter() - start
         stats = roc(shape, truth, result.circuits)
         entry = {

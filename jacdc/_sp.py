@@ -341,10 +341,11 @@ def _check_lambdas(lambdas) -> np.ndarray:
     lams = np.asarray(lambdas, np.float64).reshape(-1)
     if lams.size == 0:
         raise ValueError("The lambda sweep is empty; give at least one regularisation strength.")
-    if not np.all(np.isfinite(lams)) or np.any(lams <= 0):
+    if not np.all(np.isfinite(lams)) or np.any(lams < 0):
         raise ValueError(
-            f"Every lambda must be a finite positive number, got {lams.tolist()}. (lambda <= 0 "
-            "would reward keeping units, or do nothing.)"
+            f"Every lambda must be a finite number >= 0, got {lams.tolist()}. (lambda < 0 "
+            "would reward keeping units; lambda = 0 trains without the penalty, which the "
+            "paper's grid did for its smallest values, see `jacdc.paper_lambdas`.)"
         )
     return lams
 

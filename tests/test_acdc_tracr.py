@@ -61,6 +61,9 @@ def test_reference_engine_pass_count_is_that_of_the_original(bundle):
     result = jacdc.acdc(bundle.model, bundle.val, 1e-3, metric="l2", engine="reference")
     assert result.n_forward > result.n_tests
     if bundle.name == "tracr-reverse":
+        assert 100 <= result.n_forward <= 260  # positions="none" (the default): 148
+        shuffled = tasks.load_task("tracr-reverse", positions="shuffled")
+        result = jacdc.acdc(shuffled.model, shuffled.val, 1e-3, metric="l2", engine="reference")
         assert 150 <= result.n_forward <= 260
 
 

@@ -203,19 +203,31 @@ def test_deterministic_variant(tiny):
     assert (r.present == jacdc.circuit_from_units(model.graph_shape, keep)).all()
 
 
-@pytest.mark.parametrize("lambdas", [[], [0.0], [1.0, -1.0], [float("nan")]])
+@pytest.mark.parametrize("lambdas", [[], [1.0, -1.0], [float("nan")]])
 def test_bad_lambdas(tiny, lambdas):
     model, task = tiny
     with pytest.raises(ValueError, match="lambda"):
         jacdc.sp_sweep(model, task, lambdas, key=jr.key(0), metric="kl_div", n_steps=2)
 
 
-def test_single_run_rejects_nonpositive_lambda(tiny):
+def test_single_run_rejects_negative_lambda(tiny):
+    # lambda = 0 is allowed: the paper's launcher ran its smallest lambdas as 0.
     model, task = tiny
-    with pytest.raises(ValueError, match="positive"):
-        jacdc.subnetwork_probing(model, task, 0.0, key=jr.key(0), metric="kl_div")
+    with pytest.raises(ValueError, match=">= 0"):
+        jacdc.subnetwork_probing(model, task, -0.5, key=jr.key(0), metric="kl_div")
     with pytest.raises(ValueError, match="Unknown metric"):
         jacdc.sp_sweep(model, task, [1.0], key=jr.key(0), metric="nope", n_steps=2)
+
+
+def test_paper_lambdas_are_formatted_to_three_decimals():
+    # The original launcher passed f"{lam:.3f}": the stored tracr SP runs' scores are exactly
+    # these values, and 10^linspace(-4, 2, 21) starts with three runs at lambda 0.
+    tracr = jacdc.paper_lambdas(jacdc.sp_lambdas("tracr-reverse", "l2"))
+    assert tracr.tolist() == [
+        0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.063, 0.126, 0.251, 0.501, 1.0
+    ]  # fmt: skip
+    loss = jacdc.paper_lambdas(jacdc.sp_lambdas("ioi", "logit_diff"))
+    assert loss[:4].tolist() == [0.0, 0.0, 0.0, 0.001] and loss[-1] == 100.0
 
 
 def test_paper_lambda_grids():
