@@ -8,6 +8,7 @@ from ._acdc import (
     acdc_nodes as acdc_nodes,
     acdc_sweep as acdc_sweep,
 )
+from ._draw import draw as draw
 from ._eap import (
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,

@@ -85,6 +85,11 @@ def hisp_scores(model, task, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     shape = model.graph_shape
     grads = _per_example_grads(model, task, metric)
     raw = np.abs(unit_vector(shape, jax.tree.map(np.asarray, grads))).sum(0).astype(np.float64)
+    if not np.all(np.isfinite(raw)):
+        raise ValueError(
+            f"HISP: {int(np.sum(~np.isfinite(raw)))} unit scores are not finite; the model or "
+            "data give NaN/inf values. Check the weights and the dataset."
+        )
     per_layer = raw.reshape(shape.n_layers, -1)
     norms = np.linalg.norm(per_layer, axis=1, keepdims=True)
     normed = np.where(norms > 0, per_layer / np.where(norms > 0, norms, 1.0), 0.0)
