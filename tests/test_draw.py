@@ -177,9 +177,7 @@ def test_rows_follow_the_layers():
     assert key == sorted(key) and set(chain) == set(rows)
     # Every edge goes down the page: from an earlier row to a later one.
     order = {n: i for i, (_, members) in enumerate(p["ranks"]) for n in members}
-    position = {
-        n: ((-1, 0) if n == "embed" else (99, 0) if n == "output" else None) for n in order
-    }
+    position = {n: ((-1, 0) if n == "embed" else (99, 0) if n == "output" else None) for n in order}
     for row, nodes in rows.items():
         layer, kind = row.split()
         for n in nodes:
