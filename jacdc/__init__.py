@@ -10,6 +10,7 @@ from ._acdc import (
 )
 from ._draw import draw as draw
 from ._eap import (
+    VanishingGradientError as VanishingGradientError,
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,
     eap_scores as eap_scores,

@@ -743,6 +743,10 @@ def cmd_sweep(args) -> int:
 # ---- SP, HISP, EAP, EAP-IG, edge pruning ---------------------------------------------------
 
 
+def _top(k) -> str:
+    return "topauto" if k is None else f"top{k}"
+
+
 def _other_settings(args, spec) -> tuple[dict, list[str]]:
     """Settings and folder-name parts of a non-ACDC run; validates the numeric options."""
     alg = args.algorithm
@@ -760,7 +764,7 @@ def _other_settings(args, spec) -> tuple[dict, list[str]]:
         _finite_number(args.threshold, "--threshold")
         _positive_int(args.top_k, "--top-k", minimum=0)
         extra.update(threshold=args.threshold, top_k=args.top_k)
-        parts += [f"thr{args.threshold:g}" if args.threshold is not None else f"top{args.top_k}"]
+        parts += [f"thr{args.threshold:g}" if args.threshold is not None else _top(args.top_k)]
     if alg == "eap-ig":
         _positive_int(args.ig_steps, "--ig-steps")
         extra.update(ig_steps=args.ig_steps)
@@ -768,7 +772,7 @@ def _other_settings(args, spec) -> tuple[dict, list[str]]:
     if alg == "hisp":
         _positive_int(args.top_k, "--top-k", minimum=0)
         extra.update(top_k=args.top_k)
-        parts.append(f"top{args.top_k}")
+        parts.append(_top(args.top_k))
     if args.threshold is not None and alg not in ("eap", "eap-ig"):
         raise CLIError(f"--threshold applies to acdc, eap and eap-ig, not {alg}.")
     parts.append(metric)

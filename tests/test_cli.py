@@ -28,7 +28,7 @@ def test_discover_writes_a_complete_result(tmp_path, capsys):
     assert code == 0, out
     doc = _results.read_result(out_dir / "result.json")
     bundle = tasks.load_task("tracr-reverse")
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["algorithm"] == "acdc" and doc["task"] == "tracr-reverse"
     assert doc["n_edges_total"] == 106
     present = sorted(e["name"] for e in doc["edges"] if e["present"])
@@ -42,7 +42,7 @@ def test_discover_writes_a_complete_result(tmp_path, capsys):
         np.testing.assert_array_equal(npz["present"], [e["present"] for e in doc["edges"]])
     dot = (out_dir / "result.dot").read_text()
     assert dot.count("->") == 15
-    assert not (out_dir / "checkpoint.json").exists()
+    assert not (out_dir / "checkpoint.jsonl").exists()
     assert not list(out_dir.glob(".*.tmp"))
 
 
@@ -170,7 +170,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(jacdc, "acdc_sweep", interrupted)
     code, _, err = run(argv, capsys)
     assert code == 130 and "resume" in err
-    assert (tmp_path / "checkpoint.json").exists()
+    assert (tmp_path / "checkpoint.jsonl").exists()
     assert not (tmp_path / "result.json").exists()
     monkeypatch.setattr(jacdc, "acdc_sweep", original)
     code, _, err = run(argv, capsys)
@@ -183,7 +183,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):
         (r["edge"], r["removed"]) for r in whole.log
     ]
     # A checkpoint from other settings is refused, not silently mixed in.
-    (tmp_path / "checkpoint.json").write_text(json.dumps({"run": {"task": "x"}, "state": {}}))
+    (tmp_path / "checkpoint.jsonl").write_text(
+        json.dumps({"kind": "jacdc-acdc-checkpoint", "settings_sha256": "0" * 64}) + "\n"
+    )
     code, _, err = run(argv, capsys)
     assert "--fresh" in _one_line_error(code, err)
 
