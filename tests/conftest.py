@@ -1,5 +1,17 @@
-import jax.random as jr
-import pytest
+import os
+
+
+# Runtime checks of the jaxtyping annotations (shapes and dtypes, with beartype for the rest) on
+# every function and dataclass of `jacdc`, `jacdc.models` and `jacdc.tasks`, for the whole test
+# session. The hook must be installed before anything imports jacdc, hence first in this file.
+# Set JACDC_TYPECHECK=0 to run without it (e.g. to time the suite).
+if os.environ.get("JACDC_TYPECHECK", "1") != "0":
+    from jaxtyping import install_import_hook
+
+    install_import_hook(["jacdc"], "beartype.beartype")
+
+import jax.random as jr  # noqa: E402
+import pytest  # noqa: E402
 
 
 # Session-scoped fixtures live in one module per area, so that parallel work never edits this

@@ -1,5 +1,9 @@
+import contextlib
+import os
+
 import equinox as eqx
 import jax
+import jaxtyping
 
 
 def tree_allclose(x, y, *, rtol=1e-5, atol=1e-5):
@@ -40,3 +44,20 @@ PROPORTION = [
     "blocks.1.attn.hook_k[0] <- blocks.1.hook_k_input[0]",
     "blocks.1.attn.hook_v[0] <- blocks.1.hook_v_input[0]",
 ]
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Switches jaxtyping's runtime checks (installed for the test session by `conftest.py`)
+    off, for tests of the error a user gets: users run without the checks, whose own
+    `TypeCheckError` would otherwise come first."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+TYPECHECKED = os.environ.get("JACDC_TYPECHECK", "1") != "0"
+"""Whether this session runs with jaxtyping's runtime checks (see `conftest.py`)."""

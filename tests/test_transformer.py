@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import unchecked
 
 import jacdc
 from jacdc.models import (
@@ -252,22 +253,23 @@ def test_bad_input_errors():
     shape = model.graph_shape
     full = jacdc.EdgeMask.full(shape)
     one = jax.tree.map(lambda x: x[0], corrupted_sources(model, corrupt))
-    with pytest.raises(ValueError, match="unbatched sequence of shape"):
-        model(clean, full, one)
-    with pytest.raises(ValueError, match=r"must lie in \[0, 11\)"):
-        model(clean[0].at[2].set(11), full, one)
-    with pytest.raises(ValueError, match="integer ids"):
-        model(clean[0].astype(jnp.float32), full, one)
-    with pytest.raises(ValueError, match="outside"):
-        model(jnp.zeros(7, jnp.int32), full, empty_sources(model.cfg, 7))
-    wrong = eqx.tree_at(lambda m: m.q, full, full.q[:, :1])
-    with pytest.raises(ValueError, match="field `q` has shape"):
-        model(clean[0], wrong, one)
-    with pytest.raises(ValueError, match=r"`corrupted.resid` has shape"):
-        model(clean[0], full, Sources(one.resid[:2], one.q, one.k, one.v))
-    with pytest.raises(ValueError, match="Invalid TransformerConfig: n_heads"):
-        TransformerConfig(n_layers=2, n_heads=0, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
-                          n_ctx=6)  # fmt: skip
-    with pytest.raises(ValueError, match="act_fn"):
-        TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
-                          n_ctx=6, act_fn="swish")  # fmt: skip
+    with unchecked():  # the errors users get: they run without jaxtyping's checks
+        with pytest.raises(ValueError, match="unbatched sequence of shape"):
+            model(clean, full, one)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 11\)"):
+            model(clean[0].at[2].set(11), full, one)
+        with pytest.raises(ValueError, match="integer ids"):
+            model(clean[0].astype(jnp.float32), full, one)
+        with pytest.raises(ValueError, match="outside"):
+            model(jnp.zeros(7, jnp.int32), full, empty_sources(model.cfg, 7))
+        wrong = eqx.tree_at(lambda m: m.q, full, full.q[:, :1])
+        with pytest.raises(ValueError, match="field `q` has shape"):
+            model(clean[0], wrong, one)
+        with pytest.raises(ValueError, match=r"`corrupted.resid` has shape"):
+            model(clean[0], full, Sources(one.resid[:2], one.q, one.k, one.v))
+        with pytest.raises(ValueError, match="Invalid TransformerConfig: n_heads"):
+            TransformerConfig(n_layers=2, n_heads=0, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                              n_ctx=6)  # fmt: skip
+        with pytest.raises(ValueError, match="act_fn"):
+            TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                              n_ctx=6, act_fn="swish")  # fmt: skip
