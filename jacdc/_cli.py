@@ -846,6 +846,11 @@ def _discover_other(args) -> int:
             _check_metric(args.metric, task.metrics, args.task)
         metric = args.metric or bundle.default_metric
         graph = jacdc.graph_of(bundle.model.graph_shape)
+        n_units = len(jacdc.unit_names(bundle.model.graph_shape))
+        limit = n_units if args.algorithm == "hisp" else len(graph)
+        if args.algorithm in ("hisp", "eap", "eap-ig") and (args.top_k or 0) > limit:
+            what = "HISP units" if args.algorithm == "hisp" else "edges"
+            raise CLIError(f"--top-k must lie in [0, {limit}] ({what}), got {args.top_k}.")
         key = jr.key(args.seed)
         scores = None
         score_kind = None

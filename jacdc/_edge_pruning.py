@@ -71,7 +71,7 @@ class EdgePruningResult(NamedTuple):
         return int(self.present.sum())
 
 
-def _density(log_alpha: EdgeMask, valid: EdgeMask):
+def _density(log_alpha: EdgeMask, valid: tuple):
     l0 = expected_l0(log_alpha)
     kept = sum(jnp.sum(jnp.where(v, x, 0.0)) for x, v in zip(jax.tree.leaves(l0), valid))
     total = sum(int(np.sum(v)) for v in valid)
