@@ -535,9 +535,7 @@ def _acdc_runs(args, thresholds, out_dir: Path, run_hash: str):
             ckpt.remove()
         resume = ckpt.load()
         if resume is not None:
-            print(
-                f"jacdc: resuming from {ckpt.path} (node {resume['next_node']})", file=sys.stderr
-            )
+            print(f"jacdc: resuming from {ckpt.path} (node {resume['next_node']})", file=sys.stderr)
         else:
             ckpt.start()
         _INTERRUPT_NOTE["text"] = (
@@ -653,9 +651,7 @@ def cmd_discover(args) -> int:
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     jacdc._acdc.check_thresholds([threshold])
     settings = _acdc_settings(args, [threshold], spec)
-    out_dir, run_hash = _out_dir(
-        args, settings, ["acdc", f"tau{threshold:g}", settings["metric"]]
-    )
+    out_dir, run_hash = _out_dir(args, settings, ["acdc", f"tau{threshold:g}", settings["metric"]])
     with _run_folder(out_dir, run_hash, args):
         bundle, task, results, wall, ckpt = _acdc_runs(args, [threshold], out_dir, run_hash)
         result = results[0]
@@ -805,7 +801,9 @@ def _eap_metric_choice(args, bundle, task, graph, show):
                 f"{e} Use --algorithm eap-ig, or a task metric (--metric "
                 f"{' / '.join(m for m in sorted(task.metrics) if m != args.metric) or '...'})."
             ) from None
-    order = [bundle.default_metric] + [m for m in sorted(task.metrics) if m != bundle.default_metric]
+    order = [bundle.default_metric] + [
+        m for m in sorted(task.metrics) if m != bundle.default_metric
+    ]
     for metric in order:
         try:
             scores = scores_for(metric, None)
@@ -831,7 +829,6 @@ def _discover_other(args) -> int:
     import jax.random as jr
 
     import jacdc
-    from jacdc import _sharding
     from jacdc._runs import interruption_point
     from jacdc._sp import edge_scores_from_units, units_from_vector
 

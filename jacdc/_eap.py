@@ -145,7 +145,11 @@ def circuit_from_scores(
         raise ValueError("The scores hold NaN/inf values; a circuit cannot be read off them.")
     importance = np.abs(scores) if absolute else -scores
     if threshold is not None:
-        if isinstance(threshold, bool) or not np.isfinite(threshold) or (absolute and threshold < 0):
+        if (
+            isinstance(threshold, bool)
+            or not np.isfinite(threshold)
+            or (absolute and threshold < 0)
+        ):
             raise ValueError(
                 f"The score threshold must be a finite number >= 0, got {threshold!r} "
                 "(importance is |score|, so a negative threshold keeps every edge)."

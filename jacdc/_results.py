@@ -256,9 +256,7 @@ def load_result(path: str | os.PathLike) -> dict:
     for i, e in enumerate(edges):
         if not isinstance(e, dict) or e.get("id") != i or isinstance(e.get("id"), bool):
             got = e.get("id") if isinstance(e, dict) else e
-            raise ValueError(
-                f"{path}: edge {i} has id {got!r}; ids must be 0..{n - 1} in order."
-            )
+            raise ValueError(f"{path}: edge {i} has id {got!r}; ids must be 0..{n - 1} in order.")
         if not isinstance(e.get("present"), bool):
             raise ValueError(f"{path}: edge {i} has `present` {e.get('present')!r}, not a boolean.")
         if "name" in e and e["name"] != graph.names[i]:

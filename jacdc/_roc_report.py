@@ -436,7 +436,9 @@ def _load_part(parts_dir, name: str, run_hash: str | None, graph, fresh: bool):
         return None
     if not ok:
         return None
-    return _Sweep([float(s) for s in doc["scores"]], circuits, doc["extra"]), float(doc["wall_time"])
+    return _Sweep([float(s) for s in doc["scores"]], circuits, doc["extra"]), float(
+        doc["wall_time"]
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -481,7 +481,8 @@ def sharded_sp_sweep(
         )  # fmt: skip
         state, loss, value, reg = to_host((state, loss, value, reg))
     else:
-        def run_steps(carry, steps):  # noqa: E306
+
+        def run_steps(carry, steps):
             return _sp._sp_train_steps(carry, lam_arr, lr_arr, keys_p, model, task, corrupted,
                                        metric, steps)  # fmt: skip
 

@@ -369,7 +369,9 @@ def restore_tree(template, leaves: list, what: str = "checkpoint"):
     template leaf's shape and dtype (`ValueError` otherwise)."""
     flat, treedef = jax.tree.flatten(template)
     if len(leaves) != len(flat):
-        raise ValueError(f"The {what} holds {len(leaves)} arrays; this run's state has {len(flat)}.")
+        raise ValueError(
+            f"The {what} holds {len(leaves)} arrays; this run's state has {len(flat)}."
+        )
     out = []
     for i, (old, new) in enumerate(zip(flat, leaves)):
         new = np.asarray(new)
@@ -417,7 +419,9 @@ def train_in_chunks(
         pieces.append(tuple(np.asarray(h) for h in host(hist)))
         step = stop
         if checkpoint is not None:
-            joined = tuple(np.concatenate([p[i] for p in pieces], axis=1) for i in range(len(pieces[0])))
+            joined = tuple(
+                np.concatenate([p[i] for p in pieces], axis=1) for i in range(len(pieces[0]))
+            )
             pieces = [joined]
             checkpoint(step, host(carry), joined)
         if progress is not None:

@@ -26,7 +26,9 @@ def run(argv, capsys):
 
 def one_line_error(code, err) -> str:
     assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line and not line.startswith("jacdc: memory")]
+    lines = [
+        line for line in err.strip().splitlines() if line and not line.startswith("jacdc: memory")
+    ]
     assert len(lines) == 1, err
     assert lines[0].startswith("jacdc: error:") and "Traceback" not in err
     return lines[0]
@@ -82,8 +84,9 @@ def test_discover_eap_switches_to_eap_ig_and_says_so(tmp_path, capsys, tracr_rev
 @pytest.mark.parametrize(
     "call",
     [
-        lambda b: jacdc.subnetwork_probing(b.model, b.val, 0.1, key=jr.key(0), metric="l2",
-                                           n_steps=2),  # fmt: skip
+        lambda b: jacdc.subnetwork_probing(
+            b.model, b.val, 0.1, key=jr.key(0), metric="l2", n_steps=2
+        ),  # fmt: skip
         lambda b: jacdc.edge_pruning(b.model, b.val, 0.1, key=jr.key(0), metric="l2", n_steps=2),
         lambda b: jacdc.hisp(b.model, b.val, metric="l2"),
         lambda b: jacdc.eap_scores(b.model, b.val, metric="kl_div", check=False),
@@ -337,9 +340,10 @@ def test_close_sweep_thresholds_get_their_own_files(tmp_path, capsys):
     runs = json.loads((out / "sweep.json").read_text())["runs"]
     assert len({r["result"] for r in runs}) == 2
     for r in runs:
-        assert _results.load_result(out / r["result"])["hyperparameters"]["threshold"] == r[
-            "threshold"
-        ]
+        assert (
+            _results.load_result(out / r["result"])["hyperparameters"]["threshold"]
+            == r["threshold"]
+        )
     code, _, err = run(["sweep", "tracr-proportion", "--thresholds", "0.01", "0.01",
                         "--out", str(tmp_path / "dup")], capsys)  # fmt: skip
     assert "more than once" in one_line_error(code, err)
@@ -541,3 +545,24 @@ def test_readme_command_summary_is_complete():
                 if flag.startswith("--") and flag != "--help":
                     assert flag in summary, (name, flag)
     assert "random-small" in summary and "--version" in summary
+
+
+def test_train_induction_documented_command_runs(tmp_path, capsys):
+    """The `jacdc discover induction --weights FOLDER ...` line of examples/train_induction.py
+    works on a folder that script writes (here an untrained model of its config, saved by its
+    `save`; HISP instead of ACDC to keep the test short)."""
+    import importlib.util
+    import shlex
+
+    path = Path(__file__).parents[1] / "examples" / "train_induction.py"
+    spec = importlib.util.spec_from_file_location("train_induction", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    folder = tmp_path / "induction_2l"
+    example.save(jacdc.models.Transformer(example.induction_config(), key=jr.key(0)), str(folder))
+    line = next(x for x in example.__doc__.splitlines() if "jacdc discover induction" in x)
+    argv = shlex.split(line.split("#")[0])[1:]
+    argv = [str(folder) if a == "/tmp/induction_2l" else a for a in argv]
+    argv += ["--algorithm", "hisp", "--n-val", "4", "--n-test", "4", "--no-progress"]
+    code, _, err = run(argv + ["--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
