@@ -537,7 +537,7 @@ def _acdc_runs(args, thresholds, out_dir: Path, run_hash: str):
         if resume is not None:
             print(f"jacdc: resuming from {ckpt.path} (node {resume['next_node']})", file=sys.stderr)
         else:
-            ckpt.start()
+            ckpt.remove()  # a header-only log; the first finished node writes a new one
         _INTERRUPT_NOTE["text"] = (
             "interrupted; rerun the same command to resume from the checkpoint "
             f"({ckpt.path.name} in {out_dir})"

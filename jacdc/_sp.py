@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._graph import QKV, EdgeMask, GraphShape, graph_of
 from ._patching import ablation_sources, metric_value
@@ -74,13 +74,15 @@ class NodeMask(eqx.Module):
     - `q`, `k`, `v`: `(layer, head)`, each head's q/k/v output vector;
     - `mlp`: `(layer,)`, each layer's MLP output (unused for attention-only models).
 
-    May carry leading batch axes (a sweep, or one mask per example).
+    May carry leading batch axes (a sweep, or one mask per example). Inside the forward pass the
+    leaves are JAX float arrays; host-side values are NumPy (floats for scores, bools for keep
+    flags).
     """
 
-    q: Float[Array, "*batch layer head"]
-    k: Float[Array, "*batch layer head"]
-    v: Float[Array, "*batch layer head"]
-    mlp: Float[Array, "*batch layer"]
+    q: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    k: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    v: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    mlp: Float[Array | np.ndarray, "*batch layer"] | Bool[np.ndarray, "*batch layer"]
 
     @classmethod
     def full(cls, shape: GraphShape, fill: float = 1.0, batch: tuple[int, ...] = ()):
