@@ -675,7 +675,8 @@ def check_fits(estimate: MemoryEstimate, device=None, *, fraction: float = 0.9) 
         return
     raise MemoryBudgetError(
         f"Not enough memory: {estimate} needs about {_fmt(estimate.total)} per device, but only "
-        f"{_fmt(free)} is free ({source}). Reduce the batch, the candidates/lambdas per call "
-        "(--candidates), or shard over more devices (--devices); on accelerators, bf16 source "
+        f"{_fmt(free)} is free ({source}). Reduce the batch (--n-val, --seq-len), the "
+        "candidates/lambdas per call (--candidates), or shard over more devices (--devices); "
+        "on accelerators, bf16 source "
         "buffers halve the source terms."
     )

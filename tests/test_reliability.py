@@ -566,3 +566,18 @@ def test_train_induction_documented_command_runs(tmp_path, capsys):
     argv += ["--algorithm", "hisp", "--n-val", "4", "--n-test", "4", "--no-progress"]
     code, _, err = run(argv + ["--out", str(tmp_path / "run")], capsys)
     assert code == 0, err
+
+
+def test_task_too_large_for_memory_stops_before_it_is_built(tmp_path, capsys, monkeypatch):
+    """`discover induction --weights random-small` used to be killed by the system while the
+    task's clean logits were built (before any estimate); now the build checks first. The free
+    memory is patched to 1 GiB so the verdict does not depend on this machine."""
+    from jacdc import _memory
+
+    monkeypatch.setattr(_memory, "device_memory", lambda device=None: (2**30, "test"))
+    out = tmp_path / "big"
+    code, _, err = run(["discover", "induction", "--weights", "random-small", "--out", str(out),
+                        "--no-progress"], capsys)  # fmt: skip
+    msg = one_line_error(code, err)
+    assert "GiB" in msg and "--seq-len" in msg and "--n-val" in msg
+    assert not out.exists()
