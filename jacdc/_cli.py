@@ -529,7 +529,11 @@ def _acdc_runs(args, thresholds, out_dir: Path, run_hash: str):
     resume = None
     if args.engine == "fast":
         ckpt = AcdcCheckpoint(
-            out_dir / ACDC_CHECKPOINT, run_hash, bundle.model.graph_shape, len(thresholds)
+            out_dir / ACDC_CHECKPOINT,
+            run_hash,
+            bundle.model.graph_shape,
+            thresholds,
+            abs_value=args.abs_value,
         )
         if args.fresh:
             ckpt.remove()

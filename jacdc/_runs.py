@@ -280,14 +280,23 @@ class AcdcCheckpoint:
     reads and validates the log and returns the `resume` state (or `None` if there is none).
     """
 
-    def __init__(self, path: str | os.PathLike, run_hash: str, shape, n_states: int):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        run_hash: str,
+        shape,
+        thresholds,
+        abs_value: bool = False,
+    ):
         from ._acdc import acdc_nodes
         from ._graph import graph_of
 
         self.path = Path(path)
         self.run_hash = run_hash
         self.shape = shape
-        self.n_states = n_states
+        self.thresholds = [float(t) for t in thresholds]
+        self.abs_value = bool(abs_value)
+        self.n_states = len(self.thresholds)
         self.nodes = acdc_nodes(shape)
         self.n_edges = len(graph_of(shape))
         self._prev: dict | None = None
@@ -404,6 +413,20 @@ class AcdcCheckpoint:
                 for key in ("before", "after", "delta"):
                     if not _finite(entry.get(key)):
                         return f"state {s}: edge {e}: `{key}` is not a finite number"
+                # The decision must follow from the numbers (ACDC's rule).
+                if entry["skipped"]:
+                    if not removed or entry["delta"] != 0.0:
+                        return f"state {s}: edge {e}: a skipped edge must be removed with delta 0"
+                else:
+                    delta = entry["after"] - entry["before"]
+                    delta = abs(delta) if self.abs_value else delta
+                    if abs(delta - entry["delta"]) > 1e-6 * max(1.0, abs(delta)):
+                        return f"state {s}: edge {e}: `delta` is not `after - before`"
+                    if removed != (entry["delta"] < self.thresholds[s]):
+                        return (
+                            f"state {s}: edge {e}: `removed` {removed} contradicts delta "
+                            f"{entry['delta']!r} and threshold {self.thresholds[s]!r}"
+                        )
                 if removed:
                     if not present[e]:
                         return f"state {s}: edge {e} removed twice"

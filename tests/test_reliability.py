@@ -581,3 +581,25 @@ def test_task_too_large_for_memory_stops_before_it_is_built(tmp_path, capsys, mo
     msg = one_line_error(code, err)
     assert "GiB" in msg and "--seq-len" in msg and "--n-val" in msg
     assert not out.exists()
+
+
+def test_checkpoint_decisions_must_follow_from_their_numbers(tmp_path, capsys, monkeypatch):
+    """A record whose `removed` flag was flipped by hand (numbers intact) is refused too."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("JACDC_TEST_INTERRUPT", "acdc-node:6")
+    assert run(_acdc_argv(out), capsys)[0] == 130
+    monkeypatch.delenv("JACDC_TEST_INTERRUPT")
+    ckpt = out / "checkpoint.jsonl"
+    lines = ckpt.read_text().splitlines()
+    for n in range(1, len(lines)):
+        rec = json.loads(lines[n])
+        tested = [r for r in rec["states"][0]["log"] if not r["skipped"]]
+        if tested:
+            tested[0]["removed"] = not tested[0]["removed"]
+            lines[n] = json.dumps(rec)
+            break
+    else:
+        raise AssertionError("no tested edge in the first nodes")
+    ckpt.write_text("\n".join(lines) + "\n")
+    code, _, err = run(_acdc_argv(out), capsys)
+    assert "contradicts" in one_line_error(code, err)
