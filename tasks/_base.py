@@ -169,13 +169,13 @@ def clean_logits_at(model: Transformer, tokens, logit_positions) -> Float[Array,
 
 def check_clean_run_memory(model: Transformer, tokens) -> None:
     """Raises `jacdc.MemoryBudgetError` (a `ValueError`) *before* the clean run of `tokens` if
-    its logits (every position, float32, about three copies while the metric is built) would
+    its logits (every position, float32, about four copies while the metric is built) would
     not fit in the memory free now: a task too large for the machine stops with the numbers
     and the options that shrink it, instead of being killed by the system."""
     from jacdc._memory import MemoryBudgetError, device_memory
 
     batch, seq = np.shape(tokens)[:2]
-    need = 3 * batch * seq * model.cfg.vocab_out * 4
+    need = 4 * batch * seq * model.cfg.vocab_out * 4
     free, source = device_memory()
     if free is not None and need > 0.9 * free:
         raise MemoryBudgetError(
