@@ -12,11 +12,29 @@ if os.environ.get("JACDC_TYPECHECK", "1") != "0":
 
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
+from helpers import unchecked  # noqa: E402
 
 
 # Session-scoped fixtures live in one module per area, so that parallel work never edits this
 # file: each area owns its `fixtures_*.py`.
 pytest_plugins = ["fixtures_tracr", "fixtures_lm"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "unchecked: run without jaxtyping's runtime checks: for tests of the errors users get "
+        "(users run without the checks, whose TypeCheckError would come first)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _typecheck_switch(request):
+    if request.node.get_closest_marker("unchecked"):
+        with unchecked():
+            yield
+    else:
+        yield
 
 
 @pytest.fixture

@@ -1,16 +1,22 @@
 import contextlib
 import os
 
-import equinox as eqx
+import chex
 import jax
 import jaxtyping
 
 
-def tree_allclose(x, y, *, rtol=1e-5, atol=1e-5):
+def _tolerance(atol: float) -> float:
     if jax.default_backend() == "gpu":
-        atol = max(atol, 1e-3)  # TF32 matmuls on GPU
-    # `tree_equal` returns Python `False` on a structure mismatch, otherwise a JAX bool scalar.
-    return bool(eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol))
+        return max(atol, 1e-3)  # TF32 matmuls on GPU
+    return atol
+
+
+def assert_trees_close(x, y, *, rtol=1e-5, atol=1e-5) -> None:
+    """Asserts two pytrees (masks, `Sources`, parameters) have the same structure and leaves
+    equal within tolerance; the failure names the leaf path and the largest difference
+    (`chex.assert_trees_all_close`). On GPU `atol` is at least 1e-3 (TF32 matmuls)."""
+    chex.assert_trees_all_close(x, y, rtol=rtol, atol=_tolerance(atol))
 
 
 # The tracr canonical circuits of the reference (§4.5), in jacdc names (placeholder edges left

@@ -1,12 +1,13 @@
 """Mask semantics of the forward pass, against an independent plain transformer written here."""
 
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from helpers import unchecked
+from absl.testing import parameterized
 
 import jacdc
 from jacdc.models import (
@@ -116,17 +117,22 @@ def batched(model, tokens, mask, corrupted):
     return jax.vmap(model, in_axes=(0, None, 0))(tokens, mask, corrupted)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_all_ones_is_the_plain_model(name):
-    model, clean, corrupt = setup(name)
-    corrupted = corrupted_sources(model, corrupt)
-    logits, sources = batched(model, clean, jacdc.EdgeMask.full(model.graph_shape), corrupted)
-    for b in range(clean.shape[0]):
-        expect, online, vectors = plain_forward(model, clean[b])
-        np.testing.assert_allclose(logits[b], expect, atol=ATOL, rtol=0)
-        for s, out in online.items():
-            np.testing.assert_allclose(sources.resid[b, s], out, atol=ATOL, rtol=0)
-        np.testing.assert_allclose(sources.q[b, 1], vectors["q", 1], atol=ATOL, rtol=0)
+class TestAllOnesIsThePlainModel(chex.TestCase):
+    """The forward pass jitted and run op by op (chex variants), against the plain model."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*sorted(CONFIGS))
+    def test_all_ones_is_the_plain_model(self, name):
+        model, clean, corrupt = setup(name)
+        forward = self.variant(lambda *args: batched(model, *args))
+        corrupted = corrupted_sources(model, corrupt)
+        logits, sources = forward(clean, jacdc.EdgeMask.full(model.graph_shape), corrupted)
+        for b in range(clean.shape[0]):
+            expect, online, vectors = plain_forward(model, clean[b])
+            np.testing.assert_allclose(logits[b], expect, atol=ATOL, rtol=0)
+            for s, out in online.items():
+                np.testing.assert_allclose(sources.resid[b, s], out, atol=ATOL, rtol=0)
+            np.testing.assert_allclose(sources.q[b, 1], vectors["q", 1], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -248,28 +254,28 @@ def test_no_retrace_when_mask_values_or_corrupted_sources_change():
     assert len(traces) == 1
 
 
+@pytest.mark.unchecked  # the errors users get
 def test_bad_input_errors():
     model, clean, corrupt = setup("gpt2")
     shape = model.graph_shape
     full = jacdc.EdgeMask.full(shape)
     one = jax.tree.map(lambda x: x[0], corrupted_sources(model, corrupt))
-    with unchecked():  # the errors users get: they run without jaxtyping's checks
-        with pytest.raises(ValueError, match="unbatched sequence of shape"):
-            model(clean, full, one)
-        with pytest.raises(ValueError, match=r"must lie in \[0, 11\)"):
-            model(clean[0].at[2].set(11), full, one)
-        with pytest.raises(ValueError, match="integer ids"):
-            model(clean[0].astype(jnp.float32), full, one)
-        with pytest.raises(ValueError, match="outside"):
-            model(jnp.zeros(7, jnp.int32), full, empty_sources(model.cfg, 7))
-        wrong = eqx.tree_at(lambda m: m.q, full, full.q[:, :1])
-        with pytest.raises(ValueError, match="field `q` has shape"):
-            model(clean[0], wrong, one)
-        with pytest.raises(ValueError, match=r"`corrupted.resid` has shape"):
-            model(clean[0], full, Sources(one.resid[:2], one.q, one.k, one.v))
-        with pytest.raises(ValueError, match="Invalid TransformerConfig: n_heads"):
-            TransformerConfig(n_layers=2, n_heads=0, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
-                              n_ctx=6)  # fmt: skip
-        with pytest.raises(ValueError, match="act_fn"):
-            TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
-                              n_ctx=6, act_fn="swish")  # fmt: skip
+    with pytest.raises(ValueError, match="unbatched sequence of shape"):
+        model(clean, full, one)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 11\)"):
+        model(clean[0].at[2].set(11), full, one)
+    with pytest.raises(ValueError, match="integer ids"):
+        model(clean[0].astype(jnp.float32), full, one)
+    with pytest.raises(ValueError, match="outside"):
+        model(jnp.zeros(7, jnp.int32), full, empty_sources(model.cfg, 7))
+    wrong = eqx.tree_at(lambda m: m.q, full, full.q[:, :1])
+    with pytest.raises(ValueError, match="field `q` has shape"):
+        model(clean[0], wrong, one)
+    with pytest.raises(ValueError, match=r"`corrupted.resid` has shape"):
+        model(clean[0], full, Sources(one.resid[:2], one.q, one.k, one.v))
+    with pytest.raises(ValueError, match="Invalid TransformerConfig: n_heads"):
+        TransformerConfig(n_layers=2, n_heads=0, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                          n_ctx=6)  # fmt: skip
+    with pytest.raises(ValueError, match="act_fn"):
+        TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                          n_ctx=6, act_fn="swish")  # fmt: skip
