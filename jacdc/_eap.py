@@ -56,7 +56,9 @@ class VanishingGradientError(ValueError):
 VANISHING_RATIO = 1e-5
 
 
-def _scores(model, task, metric, zero_ablation, alphas, corrupted, check: bool) -> np.ndarray:
+def _scores(
+    model, task, metric, zero_ablation, alphas, corrupted, check: bool = True
+) -> np.ndarray:
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     if corrupted is None:

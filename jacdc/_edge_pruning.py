@@ -139,7 +139,7 @@ def _train(
 def edge_pruning_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key: PRNGKeyArray,
     metric: str,

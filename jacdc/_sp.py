@@ -468,7 +468,7 @@ def _check_lambdas(lambdas) -> np.ndarray:
 def sp_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key: PRNGKeyArray,
     metric: str,
