@@ -52,7 +52,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _add_run_options(sp, *, roc: bool = False):
+def _add_run_options(sp):
     """Options every computing command shares (discover, sweep, roc)."""
     sp.add_argument("task", help="task name (see `jacdc tasks`)")
     sp.add_argument("--metric", help="metric to minimise (default: the task's)")
@@ -431,7 +431,7 @@ def _dataset_task(args, bundle):
     return task_from_dataset(args.dataset, bundle) if args.dataset else bundle.val
 
 
-def _result_metrics(bundle, task, present, args, graph, *, full_model: bool = True) -> dict:
+def _result_metrics(bundle, task, present, args, graph) -> dict:
     """The same metrics block for every algorithm: the circuit's value of every metric of the
     task on the validation split (the data it was found on) and, without --dataset, on the
     test split; the full model's values beside them. Non-finite values are errors."""
