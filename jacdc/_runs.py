@@ -20,10 +20,10 @@ a run with the same hash.
 line (kind, version, settings hash, graph size, number of thresholds), then one line per finished
 node holding only what that node added (its log records, the current metric, test counts, the
 placeholder edges it switched off). Nothing is rewritten; a line torn by a kill is dropped on
-resume. On resume every line is validated against the graph and the run's settings (node order, edge ids
-in range and incoming to their node, no edge removed twice, finite metrics, each decision
-consistent with its metric change and the threshold); a log that does not validate is refused,
-never resumed into a wrong circuit.
+resume. On resume every line is validated against the graph and the run's settings (node
+order, edge ids in range and incoming to their node, no edge removed twice, finite metrics, each
+decision consistent with its metric change and the threshold); a log that does not validate is
+refused, never resumed into a wrong circuit.
 
 **Test hook.** [`interruption_point`][] raises `KeyboardInterrupt` at the N-th call of a given
 kind when the environment variable `JACDC_TEST_INTERRUPT` is `"kind:N"`, so tests can kill a run
