@@ -33,7 +33,7 @@ from typing import Literal, NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
 
 
 FIELDS = ("q", "k", "v", "mlp", "out", "direct")
@@ -315,10 +315,11 @@ class Graph:
         return jnp.concatenate(parts, axis=-1)[..., inverse]
 
     def from_vector(
-        self, values: Float[ArrayLike, "*batch edge"], *, fill: float = 0.0
+        self, values: Shaped[ArrayLike, "*batch edge"], *, fill: float = 0.0
     ) -> EdgeMask:
-        """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order). Invalid
-        entries are set to `fill` (they are ignored by the forward pass anyway)."""
+        """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order; floats, or bools
+        for a 0/1 circuit). Invalid entries are set to `fill` (they are ignored by the forward
+        pass anyway)."""
         if isinstance(values, np.ndarray):
             # Host path (no device dispatch per field): the reference engine builds one mask per
             # forward pass this way.

@@ -404,7 +404,7 @@ def _local_sources(model, task, make):
 def sharded_sp_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key,
     metric: str,

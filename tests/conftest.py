@@ -8,7 +8,10 @@ import os
 if os.environ.get("JACDC_TYPECHECK", "1") != "0":
     from jaxtyping import install_import_hook
 
-    install_import_hook(["jacdc"], "beartype.beartype")
+    # PEP 484's numeric tower: an `int` is a valid `float` (beartype is stricter by default).
+    install_import_hook(
+        ["jacdc"], "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
+    )
 
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402

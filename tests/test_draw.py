@@ -278,6 +278,7 @@ def test_draw_takes_results_documents_paths_and_edge_lists(tmp_path):
     assert widths[f"{names[1]}: score untested"] is None
 
 
+@pytest.mark.unchecked  # the errors users get
 def test_draw_errors_say_what_is_wrong(tmp_path):
     graph = graph_of(REVERSE_SHAPE)
     doc = _document(graph, present_of(graph, _tracr.reverse_canonical_circuit()))
