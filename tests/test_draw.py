@@ -338,3 +338,25 @@ def test_cli_draw_writes_the_drawing(tmp_path, capsys):
         assert _cli.main(["draw", str(path), "--format", "png"]) == 0
         assert _draw.image_size((tmp_path / "result.png").read_bytes())[0] > 0
     assert "wrote" in capsys.readouterr().out
+
+
+def test_result_files_carry_the_same_drawing(tmp_path):
+    graph = graph_of(REVERSE_SHAPE)
+    present = present_of(graph, _tracr.reverse_canonical_circuit())
+    scores = np.where(present, np.linspace(-1.0, 2.0, len(graph)), np.nan)
+    paths = _results.write_result(
+        tmp_path,
+        algorithm="acdc",
+        task="tracr-reverse",
+        model_config={"n_layers": 4},
+        graph=graph,
+        present=present,
+        hyperparameters={"threshold": 0.1},
+        metrics={"validation": {"l2": 0.0}},
+        scores=scores,
+    )
+    dot = paths["dot"].read_text()
+    assert dot == jacdc.draw(paths["json"], format="dot")  # the file and `draw` agree
+    assert "penwidth" in dot and parse(dot)["legend"]
+    if _draw.have_graphviz():
+        assert paths["svg"].read_text().lstrip().startswith(("<?xml", "<svg"))
