@@ -11,7 +11,9 @@ from ._acdc import (
 )
 from ._cache import enable_compilation_cache as _enable_compilation_cache
 from ._compare import compare_circuits as compare_circuits, overlap_stats as overlap_stats
+from ._draw import draw as draw
 from ._eap import (
+    VanishingGradientError as VanishingGradientError,
     circuit_from_scores as circuit_from_scores,
     eap_ig_scores as eap_ig_scores,
     eap_scores as eap_scores,

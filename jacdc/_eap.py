@@ -45,17 +45,58 @@ def _mask_grads(model, task, corrupted, alphas: Float[Array, " step"], metric: s
     return jax.tree.map(lambda g: g.mean(0), jax.vmap(grad_at)(alphas))
 
 
-def _scores(model, task, metric, zero_ablation, alphas, corrupted, ablation=None) -> np.ndarray:
+class VanishingGradientError(ValueError):
+    """The metric's gradient vanishes where the method differentiates, so its scores carry no
+    information (e.g. EAP with KL or L2 to the model's own outputs, which are minimal, with
+    zero gradient, at the full model)."""
+
+
+# Scores this small next to the metric's total effect (full model vs. everything ablated) are
+# float noise: the gradient vanishes. Real attributions are many orders of magnitude larger.
+VANISHING_RATIO = 1e-5
+
+
+def _scores(
+    model, task, metric, zero_ablation, alphas, corrupted, check: bool = True, ablation=None
+) -> np.ndarray:
     if metric not in task.metrics:
         raise ValueError(f"Unknown metric {metric!r}; the task has {sorted(task.metrics)}.")
     if corrupted is None:
         corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     grads = _mask_grads(model, task, corrupted, jnp.asarray(alphas, jnp.float32), metric)
-    return np.asarray(graph_of(model.graph_shape).to_vector(grads), np.float64)
+    scores = np.asarray(graph_of(model.graph_shape).to_vector(grads), np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(
+            f"Some attribution scores are not finite ({int(np.sum(~np.isfinite(scores)))} of "
+            f"{scores.size}): the model or data give NaN/inf values. Check the weights and data."
+        )
+    if check:
+        full = EdgeMask.full(model.graph_shape)
+        empty = jax.tree.map(jnp.zeros_like, full)
+        values = [float(metric_value(model, task, m, corrupted, metric)) for m in (full, empty)]
+        if not all(np.isfinite(values)):
+            raise ValueError(f"The metric {metric!r} is not finite ({values}); check the data.")
+        effect = abs(values[1] - values[0])
+        biggest = float(np.max(np.abs(scores))) if scores.size else 0.0
+        if biggest == 0.0 or biggest <= VANISHING_RATIO * effect:
+            raise VanishingGradientError(
+                f"The gradient of {metric!r} vanishes at the points this method differentiates "
+                f"(largest |score| {biggest:.3g} against a total effect of {effect:.3g}), so the "
+                "scores are noise and the ranking meaningless; KL and L2 to the model's own "
+                "outputs are minimal at the full model."
+            )
+    return scores
 
 
 def eap_scores(
-    model, task, *, metric: str, zero_ablation: bool = False, corrupted=None, ablation=None
+    model,
+    task,
+    *,
+    metric: str,
+    zero_ablation: bool = False,
+    corrupted=None,
+    ablation=None,
+    check: bool = True,
 ) -> np.ndarray:
     """EAP: the gradient of the metric with respect to every edge's mask at the full mask,
     `(edge,)` in edge-id order.
@@ -68,8 +109,15 @@ def eap_scores(
     - `corrupted`: precomputed [`jacdc.models.Sources`][] (overrides `zero_ablation`).
     - `ablation`: `"corrupted"`, `"zero"`, `"mean"`, `"mean-positions"` or a
         [`jacdc.Ablation`][]: the run the scores differentiate towards.
+    - `check`: raise [`VanishingGradientError`][] when every score is float noise next to the
+        metric's total effect (largest `|score|` at most `VANISHING_RATIO` times
+        `|metric(empty) - metric(full)|`, or exactly 0): with KL or L2 to the model's own
+        outputs, which are minimal at the full model, EAP's gradient vanishes. Use a task
+        metric (logit difference, ...) or [`eap_ig_scores`][] instead.
+
+    Non-finite scores are always an error.
     """
-    return _scores(model, task, metric, zero_ablation, [1.0], corrupted, ablation)
+    return _scores(model, task, metric, zero_ablation, [1.0], corrupted, check, ablation)
 
 
 def eap_ig_scores(
@@ -81,13 +129,14 @@ def eap_ig_scores(
     zero_ablation: bool = False,
     corrupted=None,
     ablation=None,
+    check: bool = True,
 ) -> np.ndarray:
     """EAP-IG on the mask path with `steps` points `alpha_k = k / steps` (see the module
     docstring); arguments as [`eap_scores`][]."""
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
     alphas = np.arange(1, steps + 1) / steps
-    return _scores(model, task, metric, zero_ablation, alphas, corrupted, ablation)
+    return _scores(model, task, metric, zero_ablation, alphas, corrupted, check, ablation)
 
 
 def circuit_from_scores(
@@ -104,9 +153,22 @@ def circuit_from_scores(
     scores = np.asarray(scores, np.float64)
     if (top_k is None) == (threshold is None):
         raise ValueError("Give exactly one of `top_k` and `threshold`.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("The scores hold NaN/inf values; a circuit cannot be read off them.")
     importance = np.abs(scores) if absolute else -scores
     if threshold is not None:
+        if (
+            isinstance(threshold, bool)
+            or not np.isfinite(threshold)
+            or (absolute and threshold < 0)
+        ):
+            raise ValueError(
+                f"The score threshold must be a finite number >= 0, got {threshold!r} "
+                "(importance is |score|, so a negative threshold keeps every edge)."
+            )
         return importance > threshold
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise ValueError(f"top_k must be an integer, got {top_k!r}.")
     if not 0 <= top_k <= scores.size:
         raise ValueError(f"top_k must lie in [0, {scores.size}], got {top_k}.")
     order = np.lexsort((np.arange(scores.size), -importance))

@@ -35,10 +35,13 @@ from ._graph import EdgeMask, graph_of
 from ._patching import ablation_sources, metric_value
 from ._sp import (
     INIT_LOG_ALPHA,
+    check_histories_finite,
     check_run,
     expected_l0,
     final_masks,
+    restore_tree,
     sample_hard_concrete,
+    train_in_chunks,
 )
 
 
@@ -68,7 +71,7 @@ class EdgePruningResult(NamedTuple):
         return int(self.present.sum())
 
 
-def _density(log_alpha: EdgeMask, valid: EdgeMask):
+def _density(log_alpha: EdgeMask, valid: tuple):
     l0 = expected_l0(log_alpha)
     kept = sum(jnp.sum(jnp.where(v, x, 0.0)) for x, v in zip(jax.tree.leaves(l0), valid))
     total = sum(int(np.sum(v)) for v in valid)
@@ -78,9 +81,20 @@ def _density(log_alpha: EdgeMask, valid: EdgeMask):
 _TRACES = {"train": 0}
 
 
+def _init_carry(log_alpha, lr):
+    """Per lane: (log_alpha, Lagrange multipliers) and the optimiser's state."""
+    opt = optax.adam(lr)
+
+    def one(la0):
+        params = (la0, jnp.zeros(2, jnp.float32))
+        return params, opt.init(params)
+
+    return jax.vmap(one)(log_alpha)
+
+
 @eqx.filter_jit
 def _train(
-    log_alpha,
+    carry,
     lams,
     lr,
     keys,
@@ -91,14 +105,14 @@ def _train(
     n_steps: int,
     target_mode,
     warmup,
+    steps,
 ):
+    # Steps `steps` (an int array, a chunk of 0..n_steps-1) of every lane, from `carry`.
     _TRACES["train"] += 1
     valid = tuple(jax.tree.leaves(graph_of(model.graph_shape).validity_mask()))
     opt = optax.adam(lr)
 
-    def lane(la0, lam, key):
-        params = (la0, jnp.zeros(2, jnp.float32))  # log_alpha, Lagrange multipliers
-
+    def lane(carry0, lam, key):
         def loss_fn(params, i):
             la, mult = params
             mask = sample_hard_concrete(la, key=jr.fold_in(key, i))
@@ -117,16 +131,15 @@ def _train(
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss,) + aux
 
-        carry, hist = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(n_steps))
-        return carry[0][0], hist
+        return jax.lax.scan(body, carry0, steps)
 
-    return jax.vmap(lane)(log_alpha, lams, keys)
+    return jax.vmap(lane)(carry, lams, keys)
 
 
 def edge_pruning_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key: PRNGKeyArray,
     metric: str,
@@ -137,6 +150,10 @@ def edge_pruning_sweep(
     warmup: float = 0.5,
     deterministic: bool = True,
     ablation=None,
+    chunk: int | None = None,
+    checkpoint=None,
+    resume: dict | None = None,
+    progress=None,
 ) -> list[EdgePruningResult]:
     """Edge Pruning for several penalty strengths (or sparsity targets) as one compiled run.
 
@@ -153,6 +170,10 @@ def edge_pruning_sweep(
     - `n_steps`, `lr`: Adam steps and learning rate.
     - `mode`, `warmup`: see the module docstring.
     - `deterministic`: threshold the noise-free mask (default) instead of one sample.
+    - `chunk`, `checkpoint`, `resume`, `progress`: train in chunks of `chunk` steps, calling
+        `checkpoint(step, carry, histories)` and `progress(step, loss)` after each, and continue
+        from `resume = {"step", "leaves", "history"}` (see [`jacdc._sp.train_in_chunks`][]);
+        the steps taken are the same as in one uninterrupted run.
 
     **Returns:** one [`EdgePruningResult`][] per lambda.
     """
@@ -172,19 +193,25 @@ def edge_pruning_sweep(
     corrupted = ablation_sources(model, task, zero_ablation, ablation=ablation)
     log_alpha0 = EdgeMask.full(shape, INIT_LOG_ALPHA)
     log_alpha0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (lams.size,) + x.shape), log_alpha0)
-    log_alpha, (loss, value, density) = _train(
-        log_alpha0,
-        jnp.asarray(lams, jnp.float32),
-        jnp.asarray(lr, jnp.float32),
-        keys,
-        model,
-        task,
-        corrupted,
-        metric,
-        int(n_steps),
-        jnp.asarray(mode == "target"),
-        jnp.asarray(warmup, jnp.float32),
-    )
+    lr_arr = jnp.asarray(lr, jnp.float32)
+    carry = _init_carry(log_alpha0, lr_arr)
+    start, history = 0, None
+    if resume is not None:
+        carry = restore_tree(carry, resume["leaves"])
+        start, history = int(resume["step"]), resume["history"]
+    lam_arr = jnp.asarray(lams, jnp.float32)
+    target_mode, warmup_arr = jnp.asarray(mode == "target"), jnp.asarray(warmup, jnp.float32)
+
+    def run_steps(carry, steps):
+        return _train(carry, lam_arr, lr_arr, keys, model, task, corrupted, metric, int(n_steps),
+                      target_mode, warmup_arr, steps)  # fmt: skip
+
+    carry, (loss, value, density) = train_in_chunks(
+        run_steps, carry, int(n_steps), chunk=chunk, start=start, history=history,
+        checkpoint=checkpoint, progress=progress,
+    )  # fmt: skip
+    check_histories_finite(loss, "Edge pruning")
+    log_alpha = carry[0][0]
     final = final_masks(log_alpha, keys, n_steps, deterministic)
     present = np.asarray(graph.to_vector(final)) >= 0.5
     scores = np.asarray(graph.to_vector(log_alpha), np.float64)

@@ -49,7 +49,9 @@ def _area(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
 
 
-def cpr_cmd(fractions: Sequence[float], f: Sequence[float]) -> tuple[float, float]:
+def cpr_cmd(
+    fractions: Sequence[float] | np.ndarray, f: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
     """CPR (area under `f`) and CMD (area under `|1 - f|`) by the trapezoid rule."""
     x = np.asarray(fractions, np.float64)
     y = np.asarray(f, np.float64)
@@ -68,7 +70,7 @@ def faithfulness_curve(
     scores: np.ndarray,
     metric: str,
     zero_ablation: bool = False,
-    fractions: Sequence[float] = MIB_FRACTIONS,
+    fractions: Sequence[float] | np.ndarray = MIB_FRACTIONS,
     ablation=None,
 ) -> Faithfulness:
     """The faithfulness curve of the top-k circuits of per-edge `scores` (higher = more

@@ -34,10 +34,11 @@ from typing import Literal, NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Shaped
 
 
 FIELDS = ("q", "k", "v", "mlp", "out", "direct")
+_HostOrDevice = Array | np.ndarray
 QKV = ("q", "k", "v")
 
 
@@ -174,14 +175,16 @@ class EdgeMask(eqx.Module):
     - `direct`: `(layer, head, 3)`, the q/k/v direct edges.
 
     Masks may carry extra leading axes (a batch of candidate circuits) for use under `jax.vmap`.
+    The forward pass takes JAX float arrays; host-side masks hold NumPy floats
+    ([`jacdc.Graph.from_vector`][] of a NumPy vector) or bools ([`jacdc.Graph.validity_mask`][]).
     """
 
-    q: Float[Array, "*batch layer head src"]
-    k: Float[Array, "*batch layer head src"]
-    v: Float[Array, "*batch layer head src"]
-    mlp: Float[Array, "*batch layer src"]
-    out: Float[Array, "*batch src"]
-    direct: Float[Array, "*batch layer head 3"]
+    q: Float[_HostOrDevice, "*batch layer head src"] | Bool[np.ndarray, "*batch layer head src"]
+    k: Float[_HostOrDevice, "*batch layer head src"] | Bool[np.ndarray, "*batch layer head src"]
+    v: Float[_HostOrDevice, "*batch layer head src"] | Bool[np.ndarray, "*batch layer head src"]
+    mlp: Float[_HostOrDevice, "*batch layer src"] | Bool[np.ndarray, "*batch layer src"]
+    out: Float[_HostOrDevice, "*batch src"] | Bool[np.ndarray, "*batch src"]
+    direct: Float[_HostOrDevice, "*batch layer head 3"] | Bool[np.ndarray, "*batch layer head 3"]
 
     @classmethod
     def full(cls, shape: GraphShape, fill: float = 1.0, dtype=jnp.float32) -> "EdgeMask":
@@ -329,9 +332,12 @@ class Graph:
         inverse[order] = np.arange(len(self.edges))
         return jnp.concatenate(parts, axis=-1)[..., inverse]
 
-    def from_vector(self, values: Float[Array, "*batch edge"], *, fill: float = 0.0) -> EdgeMask:
-        """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order). Invalid
-        entries are set to `fill` (they are ignored by the forward pass anyway)."""
+    def from_vector(
+        self, values: Shaped[ArrayLike, "*batch edge"], *, fill: float = 0.0
+    ) -> EdgeMask:
+        """Builds an [`jacdc.EdgeMask`][] from per-edge values (in edge-id order; floats, or bools
+        for a 0/1 circuit). Invalid entries are set to `fill` (they are ignored by the forward
+        pass anyway)."""
         if isinstance(values, np.ndarray):
             # Host path (no device dispatch per field): the reference engine builds one mask per
             # forward pass this way.

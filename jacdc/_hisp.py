@@ -201,6 +201,11 @@ def hisp_scores(model, task, *, metric: str, ablation=None) -> tuple[np.ndarray,
         corrupted = empty_sources(model.cfg, task.seq, (task.batch,))
     grads = _compiled_grads(model, task, metric, corrupted)
     raw = np.abs(unit_vector(shape, jax.tree.map(np.asarray, grads))).sum(0).astype(np.float64)
+    if not np.all(np.isfinite(raw)):
+        raise ValueError(
+            f"HISP: {int(np.sum(~np.isfinite(raw)))} unit scores are not finite; the model or "
+            "data give NaN/inf values. Check the weights and the dataset."
+        )
     per_layer = raw.reshape(shape.n_layers, -1)
     norms = np.linalg.norm(per_layer, axis=1, keepdims=True)
     normed = per_layer / np.maximum(norms, NORM_CLAMP)

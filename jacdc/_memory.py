@@ -557,21 +557,28 @@ def _abstract_inputs(cfg, batch, seq, n_pos, task):
     from jacdc.tasks import KLMetric, Task
 
     model = jax.eval_shape(lambda: Transformer(cfg, key=jr.key(0)))
-    if task is None:
-        tokens = _sds((batch, seq), jnp.int32)
-        task = Task(
-            clean=tokens, corrupted=tokens, corrupted_positions=None,
-            logit_positions=_sds((n_pos,), jnp.int32),
-            metrics={"kl_div": KLMetric(clean_logprobs=_sds((batch, n_pos, cfg.vocab_out)),
-                                        weights=_sds((batch, n_pos)))},
-        )  # fmt: skip
+    if task is None:  # built under eval_shape: its fields are typed arrays, never allocated
+
+        def build():
+            tokens = jnp.zeros((batch, seq), jnp.int32)
+            return Task(
+                clean=tokens, corrupted=tokens, corrupted_positions=None,
+                logit_positions=jnp.zeros((n_pos,), jnp.int32),
+                metrics={"kl_div": KLMetric(clean_logprobs=jnp.zeros((batch, n_pos, cfg.vocab_out)),
+                                            weights=jnp.ones((batch, n_pos)))},
+            )  # fmt: skip
+
+        task = jax.eval_shape(build)
     task = _abstract(task)
     L, H = cfg.n_layers, cfg.n_heads
-    qkv = _sds((batch, L, H, seq, cfg.d_head))
-    sources = Sources(
-        resid=_sds((batch, cfg.graph_shape.n_src, seq, cfg.d_model)), q=qkv, k=qkv, v=qkv
-    )
-    return model, task, sources
+
+    def build_sources():
+        qkv = jnp.zeros((batch, L, H, seq, cfg.d_head))
+        return Sources(
+            resid=jnp.zeros((batch, cfg.graph_shape.n_src, seq, cfg.d_model)), q=qkv, k=qkv, v=qkv
+        )
+
+    return model, task, jax.eval_shape(build_sources)
 
 
 def _compiled_memory(fn, *args) -> dict[str, int]:
@@ -703,7 +710,8 @@ def check_fits(estimate: MemoryEstimate, device=None, *, fraction: float = 0.9) 
         return
     raise MemoryBudgetError(
         f"Not enough memory: {estimate} needs about {_fmt(estimate.total)} per device, but only "
-        f"{_fmt(free)} is free ({source}). Reduce the batch, the candidates/lambdas per call "
-        "(--candidates), or shard over more devices (--devices); on accelerators, bf16 source "
+        f"{_fmt(free)} is free ({source}). Reduce the batch (--n-val, --seq-len), the "
+        "candidates/lambdas per call (--candidates), or shard over more devices (--devices); "
+        "on accelerators, bf16 source "
         "buffers halve the source terms."
     )

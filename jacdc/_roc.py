@@ -140,7 +140,9 @@ def rates(truth: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarra
 # ---- curve and AUC ------------------------------------------------------------------------
 
 
-def roc_curve(fpr: Sequence[float], tpr: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(
+    fpr: Sequence[float] | np.ndarray, tpr: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The paper's ROC curve: the points plus (0, 0) and (1, 1), NaNs dropped, Pareto-filtered
     (a point goes if another has strictly lower FPR and strictly higher TPR), sorted by FPR then
     TPR. Returns `(fpr, tpr)`."""
@@ -161,7 +163,7 @@ def roc_curve(fpr: Sequence[float], tpr: Sequence[float]) -> tuple[np.ndarray, n
     return fpr[keep], tpr[keep]
 
 
-def pessimistic_auc(fpr: Sequence[float], tpr: Sequence[float]) -> float:
+def pessimistic_auc(fpr: Sequence[float] | np.ndarray, tpr: Sequence[float] | np.ndarray) -> float:
     """The paper's AUC: `sum_{i>=1} (1 - FPR_i) (TPR_i - TPR_{i-1})` over [`roc_curve`][]."""
     f, t = roc_curve(fpr, tpr)
     dt = np.diff(t)
@@ -170,7 +172,7 @@ def pessimistic_auc(fpr: Sequence[float], tpr: Sequence[float]) -> float:
     return float(np.sum((1.0 - f[1:]) * dt))
 
 
-def trapezoid_auc(fpr: Sequence[float], tpr: Sequence[float]) -> float:
+def trapezoid_auc(fpr: Sequence[float] | np.ndarray, tpr: Sequence[float] | np.ndarray) -> float:
     """The trapezoid-rule area under [`roc_curve`][] (always >= the pessimistic AUC)."""
     f, t = roc_curve(fpr, tpr)
     return float(np.sum(np.diff(f) * (t[1:] + t[:-1]) / 2.0))

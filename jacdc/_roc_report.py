@@ -28,6 +28,7 @@ import jax.random as jr
 import numpy as np
 
 from ._graph import graph_of
+from ._results import file_mode
 from ._roc import as_edge_vector, node_names, present_nodes, roc, top_k_circuits
 
 
@@ -156,8 +157,12 @@ def _run_algorithm(name, bundle, metric, zero_ablation, sweep, key, settings) ->
     if name in ("eap", "eap-ig"):
         from ._eap import eap_ig_scores, eap_scores
 
+        # check=False: a vanishing gradient is reported in the note below, not raised, so
+        # that one algorithm's meaningless ROC does not stop the others'.
         if name == "eap":
-            scores = eap_scores(model, task, metric=metric, zero_ablation=zero_ablation)
+            scores = eap_scores(
+                model, task, metric=metric, zero_ablation=zero_ablation, check=False
+            )
         else:
             scores = eap_ig_scores(
                 model,
@@ -165,6 +170,7 @@ def _run_algorithm(name, bundle, metric, zero_ablation, sweep, key, settings) ->
                 metric=metric,
                 zero_ablation=zero_ablation,
                 steps=settings["eap_ig_steps"],
+                check=False,
             )
         ks, circuits = top_k_circuits(np.abs(scores))
         extra = {"edge_scores": scores.tolist()}
@@ -213,6 +219,10 @@ def roc_report(
     eap_ig_steps: int = 5,
     precision: str | None = None,
     log: Callable[[str], None] | None = None,
+    parts_dir: "str | os.PathLike | None" = None,
+    settings_sha256: str | None = None,
+    fresh: bool = False,
+    before_write: Callable[[], None] | None = None,
 ) -> dict:
     """Runs `algorithms` on `bundle.val` and scores them against `bundle.canonical`.
 
@@ -232,7 +242,12 @@ def roc_report(
         settings.
     - `precision`: matmul precision of every algorithm (`jacdc.matmul_precision`; default
         `"highest"`), recorded in `settings.precision`.
-    - `log`: called with one line of progress per algorithm.
+    - `log`: called with one line of progress when each algorithm starts and ends.
+    - `parts_dir`: resume: each algorithm's finished sweep is saved there as
+        `<algorithm>.json` (with `settings_sha256`, which must identify every setting of the
+        report); a rerun reuses the parts whose hash and algorithm match (unless `fresh`), so
+        a killed report continues with the next algorithm, and gives the same report.
+    - `before_write`: called just before the report files are written.
 
     **Returns:** the report as a dict (what the JSON file holds), with per algorithm the edge
     and node AUCs (pessimistic and trapezoid), the ROC points and the wall time, the
@@ -294,14 +309,27 @@ def roc_report(
         "algorithms": {},
     }
     keys = dict(zip(ALGORITHMS, jr.split(jr.key(seed), len(ALGORITHMS))))
-    for name in algorithms:
+    from ._runs import interruption_point
+
+    for i, name in enumerate(algorithms):
         sweep = sweeps.get(name, default_sweep(name, bundle.name, metric))
-        start = time.perf_counter()
-        with matmul_precision(precision):
-            result = _run_algorithm(
-                name, bundle, metric, zero_ablation, sweep, keys[name], settings
-            )
-        wall = time.perf_counter() - start
+        part = _load_part(parts_dir, name, settings_sha256, graph, fresh)
+        if part is not None:
+            result, wall = part
+            if log is not None:
+                log(f"{name}: reusing the finished run in {parts_dir}")
+        else:
+            if log is not None:
+                size = "" if sweep is None else f", {len(sweep)} settings"
+                log(f"{name} ({i + 1}/{len(algorithms)}{size}) ...")
+            start = time.perf_counter()
+            with matmul_precision(precision):
+                result = _run_algorithm(
+                    name, bundle, metric, zero_ablation, sweep, keys[name], settings
+                )
+            wall = time.perf_counter() - start
+            _save_part(parts_dir, name, settings_sha256, result, wall)
+        interruption_point("roc-algorithm")
         stats = roc(shape, truth, result.circuits)
         entry = {
             "edge_auc": stats.edge_auc,
@@ -334,7 +362,11 @@ def roc_report(
     stem = f"roc-{bundle.name}-{metric}-{ablation}"
     paths = {suffix: str(out / f"{stem}.{suffix}") for suffix in ("json", "md", "png", "svg")}
     report["files"] = paths
+    if settings_sha256 is not None:
+        report["settings_sha256"] = settings_sha256
     report = _jsonable(report)
+    if before_write is not None:
+        before_write()
     _atomic_write(out / f"{stem}.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
     _atomic_write(out / f"{stem}.md", markdown_table(report))
     _plot(report, out, stem)
@@ -373,18 +405,59 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _save_part(parts_dir, name: str, run_hash: str | None, result: _Sweep, wall: float) -> None:
+    if parts_dir is None:
+        return
+    doc = {
+        "algorithm": name,
+        "settings_sha256": run_hash,
+        "wall_time": wall,
+        "scores": [float(s) for s in result.scores],
+        "circuits": [np.nonzero(c)[0].tolist() for c in np.asarray(result.circuits, bool)],
+        "n_edges": int(np.asarray(result.circuits).shape[1]),
+        "extra": _jsonable(result.extra),
+    }
+    _atomic_write(Path(parts_dir) / f"{name}.json", json.dumps(doc, allow_nan=False) + "\n")
+
+
+def _load_part(parts_dir, name: str, run_hash: str | None, graph, fresh: bool):
+    """A finished algorithm's sweep saved by an earlier (killed) run of the same report, or
+    `None`. A part that does not validate is ignored (and recomputed)."""
+    if parts_dir is None or run_hash is None:
+        return None
+    path = Path(parts_dir) / f"{name}.json"
+    if not path.exists():
+        return None
+    if fresh:
+        path.unlink()
+        return None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        doc = json.loads(path.read_text())
+        ok = (
+            doc["algorithm"] == name
+            and doc["settings_sha256"] == run_hash
+            and doc["n_edges"] == len(graph)
+            and len(doc["scores"]) == len(doc["circuits"]) > 0
+            and all(math.isfinite(s) for s in doc["scores"])
+        )
+        circuits = np.zeros((len(doc["circuits"]), len(graph)), bool)
+        for row, ids in enumerate(doc["circuits"]):
+            ids = np.asarray(ids, np.int64)
+            ok = ok and bool(np.all((ids >= 0) & (ids < len(graph))))
+            circuits[row, ids[(ids >= 0) & (ids < len(graph))]] = True
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not ok:
+        return None
+    return _Sweep([float(s) for s in doc["scores"]], circuits, doc["extra"]), float(
+        doc["wall_time"]
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    from ._results import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def _jsonable(obj):
@@ -434,6 +507,7 @@ def _plot(report: dict, out: Path, stem: str) -> None:
         path = out / f"{stem}.{fmt}"
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, file_mode())
         try:
             fig.savefig(tmp, format=fmt, dpi=120)
             os.replace(tmp, path)

@@ -152,7 +152,7 @@ def _local_sources(model, task, make):
 def sharded_sp_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key,
     metric: str,
@@ -166,13 +166,20 @@ def sharded_sp_sweep(
     on_estimate=None,
     lane_keys=None,
     ablation=None,
+    chunk: int | None = None,
+    checkpoint=None,
+    resume: dict | None = None,
+    progress=None,
 ):
     """[`jacdc.sp_sweep`][] on a device mesh: the batch over the `"batch"` axis, the lambda
     values over the `"lane"` axis (padded with copies of the last lambda to a multiple of the
     lane-axis size; the copies are dropped). Same arguments and results as `sp_sweep` (lane `i`
     uses `jr.split(key, len(lambdas))[i]`, so the results equal the one-device sweep).
     `lane_keys`: one key per lambda instead (`key[None]` for one lambda reproduces
-    [`jacdc.subnetwork_probing`][]); `on_estimate`: called with the memory estimate."""
+    [`jacdc.subnetwork_probing`][]); `on_estimate`: called with the memory estimate.
+    `chunk`, `checkpoint`, `progress`: train in chunks of steps, handing the state to
+    `checkpoint(step, state, histories)` after each (see [`jacdc._sp.train_in_chunks`][]);
+    `resume`: `{"step", "leaves", "history"}` from such a checkpoint, to continue it."""
     from . import _memory, _sp
 
     lams = _sp._check_lambdas(lambdas)
@@ -200,6 +207,10 @@ def sharded_sp_sweep(
     keys_p = lane_keys
     shape = model.graph_shape
     state = _sp.init_sp_state(shape, padded)
+    start, history = 0, None
+    if resume is not None:
+        state = _sp.restore_tree(state, resume["leaves"])
+        start, history = int(resume["step"]), resume["history"]
     lam_arr = jnp.asarray(lams_p, jnp.float32)
     corrupted = None
     if jax.process_count() > 1:  # from this process's full copy (see `_local_sources`)
@@ -212,11 +223,22 @@ def sharded_sp_sweep(
         corrupted = _sp.unit_ablation_sources(model, task, zero_ablation, ablation=ablation)
     if mesh.size > 1:
         corrupted = shard_sources(corrupted, mesh)
-    state, (loss, value, reg) = _sp._sp_train(
-        state, lam_arr, jnp.asarray(lr, jnp.float32), keys_p, model, task, corrupted, metric,
-        int(n_steps),
-    )  # fmt: skip
-    state, loss, value, reg = to_host((state, loss, value, reg))
+    lr_arr = jnp.asarray(lr, jnp.float32)
+    if chunk is None and checkpoint is None and resume is None and progress is None:
+        state, (loss, value, reg) = _sp._sp_train(
+            state, lam_arr, lr_arr, keys_p, model, task, corrupted, metric, int(n_steps),
+        )  # fmt: skip
+        state, loss, value, reg = to_host((state, loss, value, reg))
+    else:
+
+        def run_steps(carry, steps):
+            return _sp._sp_train_steps(carry, lam_arr, lr_arr, keys_p, model, task, corrupted,
+                                       metric, steps)  # fmt: skip
+
+        state, (loss, value, reg) = _sp.train_in_chunks(
+            run_steps, state, int(n_steps), chunk=chunk, start=start, history=history,
+            checkpoint=checkpoint, progress=progress, to_host=to_host,
+        )  # fmt: skip
     results = _sp._finish(shape, lams_p, state, lane_keys, loss, value, reg, n_steps, deterministic)
     return results[:n]
 

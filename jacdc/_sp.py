@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._graph import QKV, EdgeMask, GraphShape, graph_of
 from ._patching import ablation_sources, metric_value, resolve_ablation
@@ -74,13 +74,15 @@ class NodeMask(eqx.Module):
     - `q`, `k`, `v`: `(layer, head)`, each head's q/k/v output vector;
     - `mlp`: `(layer,)`, each layer's MLP output (unused for attention-only models).
 
-    May carry leading batch axes (a sweep, or one mask per example).
+    May carry leading batch axes (a sweep, or one mask per example). Inside the forward pass the
+    leaves are JAX float arrays; host-side values are NumPy (floats for scores, bools for keep
+    flags).
     """
 
-    q: Float[Array, "*batch layer head"]
-    k: Float[Array, "*batch layer head"]
-    v: Float[Array, "*batch layer head"]
-    mlp: Float[Array, "*batch layer"]
+    q: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    k: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    v: Float[Array | np.ndarray, "*batch layer head"] | Bool[np.ndarray, "*batch layer head"]
+    mlp: Float[Array | np.ndarray, "*batch layer"] | Bool[np.ndarray, "*batch layer"]
 
     @classmethod
     def full(cls, shape: GraphShape, fill: float = 1.0, batch: tuple[int, ...] = ()):
@@ -192,6 +194,36 @@ def circuit_from_units(shape: GraphShape, keep: NodeMask) -> np.ndarray:
     idx = np.array([graph.edges[i].index for i in ids])
     present[..., ids] = src_alive[..., idx[:, 0]]
     return present
+
+
+def edge_scores_from_units(shape: GraphShape, values: NodeMask) -> np.ndarray:
+    """Per-edge scores from per-unit scores (float over edge ids, `inf` where no unit governs
+    the edge): [`circuit_from_units`][]'s rules with `min` for "and" and `max` for "or", so
+    that for every `t`, `scores >= t` is exactly `circuit_from_units(shape, values >= t)`.
+    (An edge's score is the score of the weakest unit it needs.)"""
+    graph = graph_of(shape)
+    q, k, v = (np.asarray(x, np.float64) for x in (values.q, values.k, values.v))
+    mlp = np.asarray(values.mlp, np.float64)
+    L, H = shape.n_layers, shape.n_heads
+    head = np.maximum(np.maximum(q, k), v)  # a head's result lives while any unit does
+    alive = [np.inf] * shape.n_embed
+    for layer in range(L):
+        alive += [head[layer, h] for h in range(H)]
+        if shape.has_mlp:
+            alive.append(mlp[layer])
+    src = np.asarray(alive, np.float64)
+    unit = {"q": q, "k": k, "v": v}
+    out = np.full(len(graph), np.inf)
+    for i, e in enumerate(graph.edges):
+        if e.field in QKV:
+            out[i] = min(unit[e.field][e.index[0], e.index[1]], src[e.index[2]])
+        elif e.field == "direct":
+            out[i] = (q, k, v)[e.index[2]][e.index[0], e.index[1]]
+        elif e.field == "mlp":
+            out[i] = min(mlp[e.index[0]], src[e.index[1]])
+        else:
+            out[i] = src[e.index[0]]
+    return out
 
 
 def unit_ablation_sources(model, task, zero_ablation: bool = False, *, ablation=None):
@@ -317,17 +349,107 @@ def sp_step(
 _TRACES = {"sp_train": 0}
 
 
-@eqx.filter_jit
-def _sp_train(state, lambdas, lr, keys, model, task, corrupted, metric: str, n_steps: int):
-    _TRACES["sp_train"] += 1
-
+def _sp_scan(state, lambdas, lr, keys, model, task, corrupted, metric: str, steps):
     def lane(state, lam, key):
         def body(s, i):
             return _sp_step_one(s, lam, lr, jr.fold_in(key, i), model, task, corrupted, metric)
 
-        return jax.lax.scan(body, state, jnp.arange(n_steps))
+        return jax.lax.scan(body, state, steps)
 
     return jax.vmap(lane)(state, lambdas, keys)
+
+
+@eqx.filter_jit
+def _sp_train(state, lambdas, lr, keys, model, task, corrupted, metric: str, n_steps: int):
+    _TRACES["sp_train"] += 1
+    return _sp_scan(state, lambdas, lr, keys, model, task, corrupted, metric, jnp.arange(n_steps))
+
+
+@eqx.filter_jit
+def _sp_train_steps(state, lambdas, lr, keys, model, task, corrupted, metric: str, steps):
+    # `_sp_train` over the given step indices (an int array): one chunk of a resumable run.
+    _TRACES["sp_train"] += 1
+    return _sp_scan(state, lambdas, lr, keys, model, task, corrupted, metric, steps)
+
+
+def restore_tree(template, leaves: list, what: str = "checkpoint"):
+    """`template`'s structure with `leaves` (NumPy arrays) put back, each checked against the
+    template leaf's shape and dtype (`ValueError` otherwise)."""
+    flat, treedef = jax.tree.flatten(template)
+    if len(leaves) != len(flat):
+        raise ValueError(
+            f"The {what} holds {len(leaves)} arrays; this run's state has {len(flat)}."
+        )
+    out = []
+    for i, (old, new) in enumerate(zip(flat, leaves)):
+        new = np.asarray(new)
+        if new.shape != tuple(old.shape) or new.dtype != old.dtype:
+            raise ValueError(
+                f"The {what}'s array {i} has shape {new.shape} {new.dtype}; this run's state "
+                f"needs {tuple(old.shape)} {old.dtype}."
+            )
+        if new.dtype.kind == "f" and not np.all(np.isfinite(new)):
+            raise ValueError(f"The {what}'s array {i} holds non-finite values.")
+        out.append(jnp.asarray(new))
+    return jax.tree.unflatten(treedef, out)
+
+
+def train_in_chunks(
+    run_steps,
+    carry,
+    n_steps: int,
+    *,
+    chunk: int | None = None,
+    start: int = 0,
+    history=None,
+    checkpoint=None,
+    progress=None,
+    to_host=None,
+):
+    """Runs `run_steps(carry, steps) -> (carry, histories)` over steps `start..n_steps - 1` in
+    chunks of `chunk` steps (all at once when `None`). After every chunk: `checkpoint(step,
+    carry, histories)` (host copies; the histories so far, each `(lane, step)`), then
+    `progress(step, mean loss of the chunk's last step)` (the first history is the loss).
+    `history`: the histories of steps `0..start - 1` (a resumed run). Returns the final carry
+    and the full histories. Chunking does not change a step's computation: a run resumed from
+    any chunk boundary takes the same steps as one that never stopped."""
+    from ._runs import interruption_point
+
+    host = to_host or (lambda tree: jax.tree.map(np.asarray, tree))
+    pieces = [] if history is None else [tuple(np.asarray(h) for h in history)]
+    if start > n_steps or start < 0:
+        raise ValueError(f"Cannot resume at step {start} of a {n_steps}-step run.")
+    size = n_steps if chunk is None else max(1, int(chunk))
+    step = start
+    while step < n_steps:
+        stop = min(n_steps, step + size)
+        carry, hist = run_steps(carry, jnp.arange(step, stop))
+        pieces.append(tuple(np.asarray(h) for h in host(hist)))
+        step = stop
+        if checkpoint is not None:
+            joined = tuple(
+                np.concatenate([p[i] for p in pieces], axis=1) for i in range(len(pieces[0]))
+            )
+            pieces = [joined]
+            checkpoint(step, host(carry), joined)
+        if progress is not None:
+            progress(step, float(np.mean(pieces[-1][0][:, -1])))
+        interruption_point("train-chunk")
+    if not pieces:
+        raise ValueError("Nothing to train: the run has no steps.")
+    hist = tuple(np.concatenate([p[i] for p in pieces], axis=1) for i in range(len(pieces[0])))
+    return carry, hist
+
+
+def check_histories_finite(loss, what: str) -> None:
+    """`ValueError` if a training loss history holds NaN/inf (non-finite weights or data)."""
+    loss = np.asarray(loss)
+    if not np.all(np.isfinite(loss)):
+        first = int(np.argmax(~np.isfinite(loss).reshape(loss.shape[0], -1).all(0)))
+        raise ValueError(
+            f"{what}: the loss is not finite (first at step {first}); the model or data give "
+            "NaN/inf values. Check the weights and the dataset."
+        )
 
 
 def init_sp_state(shape: GraphShape, n_lanes: int) -> SPState:
@@ -353,7 +475,7 @@ def _check_lambdas(lambdas) -> np.ndarray:
 def sp_sweep(
     model,
     task,
-    lambdas: Sequence[float],
+    lambdas: Sequence[float] | np.ndarray,
     *,
     key: PRNGKeyArray,
     metric: str,
@@ -455,6 +577,7 @@ def _sweep_with_keys(
 
 
 def _finish(shape, lams, state, keys, loss, value, reg, n_steps, deterministic):
+    check_histories_finite(loss, "Subnetwork probing")
     log_alpha = state.log_alpha
     final = final_masks(log_alpha, keys, n_steps, deterministic)
     keep = jax.tree.map(lambda m: np.asarray(m) >= 0.5, final)

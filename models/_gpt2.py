@@ -140,7 +140,7 @@ _GPT2_ARCHITECTURES = frozenset(
 
 
 def c_attn_weight_to_qkv(
-    w: Float[np.ndarray, "d 3*H*e"], n_heads: int
+    w: Float[np.ndarray, "d three_he"], n_heads: int
 ) -> tuple[Float[np.ndarray, "H d e"], Float[np.ndarray, "H d e"], Float[np.ndarray, "H d e"]]:
     """Splits `attn.c_attn.weight`, `(d, 3 * H * e)` laid out `[q | k | v]` along the output
     axis, into `w_q, w_k, w_v`, each `(H, d, e)`.
@@ -171,7 +171,7 @@ def qkv_to_c_attn_weight(
 
 
 def c_attn_bias_to_qkv(
-    b: Float[np.ndarray, " 3*H*e"], n_heads: int
+    b: Float[np.ndarray, " three_he"], n_heads: int
 ) -> tuple[Float[np.ndarray, "H e"], Float[np.ndarray, "H e"], Float[np.ndarray, "H e"]]:
     """Splits `attn.c_attn.bias`, `(3 * H * e,)` laid out `[q | k | v]`, into `b_q, b_k, b_v`,
     each `(H, e)`."""
@@ -191,7 +191,7 @@ def qkv_to_c_attn_bias(
     return np.stack([b_q, b_k, b_v]).reshape(-1)
 
 
-def c_proj_weight_to_w_o(w: Float[np.ndarray, "H*e d"], n_heads: int) -> Float[np.ndarray, "H e d"]:
+def c_proj_weight_to_w_o(w: Float[np.ndarray, "he d"], n_heads: int) -> Float[np.ndarray, "H e d"]:
     """Reshapes `attn.c_proj.weight`, `(H * e, d)` with head-major rows (the concatenated head
     outputs are its input), into `w_o`, `(H, e, d)`."""
     rows, d = w.shape

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from jacdc._graph import EdgeMask
 
@@ -121,10 +121,10 @@ def _act(name: str, x):
 
 
 def _mix(
-    m: Float[Array, "*r n"],
+    m: Float[ArrayLike, "*r n"],
     online: Float[Array, "n seq d"],
     corrupted: Float[Array, "n seq d"],
-    m_corrupted: Float[Array, "*r n"] | None = None,
+    m_corrupted: Float[ArrayLike, "*r n"] | None = None,
 ) -> Float[Array, "*r seq d"]:
     """sum_s m_s * online_s + (1 - m_s) * corrupted_s, exact at m = 0 and m = 1.
     `m_corrupted` replaces `1 - m` (the scan path zeroes both at sources not upstream)."""
@@ -828,7 +828,7 @@ def _check_layers(layers) -> None:
         raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
 
 
-def _lerp(m: Float[Array, " head"], online, corrupted):
+def _lerp(m: Float[ArrayLike, " head"], online, corrupted):
     m = m[:, None, None]
     return m * online + (1.0 - m) * corrupted
 

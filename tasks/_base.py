@@ -174,8 +174,29 @@ def clean_logits_at(model: Transformer, tokens, logit_positions) -> Float[Array,
     return logits[:, jnp.asarray(logit_positions)]
 
 
+def check_clean_run_memory(model: Transformer, tokens) -> None:
+    """Raises `jacdc.MemoryBudgetError` (a `ValueError`) *before* the clean run of `tokens` if
+    its logits (every position, float32, about four copies while the metric is built) would
+    not fit in the memory free now: a task too large for the machine stops with the numbers
+    and the options that shrink it, instead of being killed by the system."""
+    from jacdc._memory import MemoryBudgetError, device_memory
+
+    batch, seq = np.shape(tokens)[:2]
+    need = 4 * batch * seq * model.cfg.vocab_out * 4
+    free, source = device_memory()
+    if free is not None and need > 0.9 * free:
+        raise MemoryBudgetError(
+            f"Building the task's metrics needs about {need / 2**30:.1f} GiB (the clean logits "
+            f"of {batch} sequences x {seq} tokens x {model.cfg.vocab_out} vocabulary entries), "
+            f"but only {free / 2**30:.1f} GiB is free ({source}). Use fewer or shorter "
+            "sequences: --n-val/--n-test (split sizes), --seq-len (induction)."
+        )
+
+
 def kl_metric(model: Transformer, tokens, logit_positions, weights=None) -> KLMetric:
-    """A [`KLMetric`][] against `model`'s own clean distribution (weights default to 1)."""
+    """A [`KLMetric`][] against `model`'s own clean distribution (weights default to 1). The
+    memory of the clean run is checked first ([`check_clean_run_memory`][])."""
+    check_clean_run_memory(model, tokens)
     logits = clean_logits_at(model, tokens, logit_positions)
     if weights is None:
         weights = np.ones(logits.shape[:2], np.float32)

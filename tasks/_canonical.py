@@ -137,12 +137,12 @@ def ioi_circuit() -> list[str]:
             continue
         kept.append(graph.names[edge_id])
 
-    def senders(cls: str) -> list[tuple[str, float]]:
+    def senders(cls: str) -> list[tuple[str, int]]:
         if cls == "INPUT":
             return [(EMBED, -1)] + [(_mlp_out(l), l) for l in range(12)]
         return [(_result(l, h), l) for l, h in IOI_HEADS[cls]]
 
-    def receivers(cls: str, channels: tuple[str, ...]) -> list[tuple[str, float]]:
+    def receivers(cls: str, channels: tuple[str, ...]) -> list[tuple[str, int]]:
         if cls == "OUTPUT":
             return [(out, 12)] + [(_mlp_in(l), l) for l in range(12)]
         return [(_head_input(l, h, c), l) for l, h in IOI_HEADS[cls] for c in channels]

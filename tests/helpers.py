@@ -1,12 +1,22 @@
-import equinox as eqx
+import contextlib
+import os
+
+import chex
 import jax
+import jaxtyping
 
 
-def tree_allclose(x, y, *, rtol=1e-5, atol=1e-5):
+def _tolerance(atol: float) -> float:
     if jax.default_backend() == "gpu":
-        atol = max(atol, 1e-3)  # TF32 matmuls on GPU
-    # `tree_equal` returns Python `False` on a structure mismatch, otherwise a JAX bool scalar.
-    return bool(eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol))
+        return max(atol, 1e-3)  # TF32 matmuls on GPU
+    return atol
+
+
+def assert_trees_close(x, y, *, rtol=1e-5, atol=1e-5) -> None:
+    """Asserts two pytrees (masks, `Sources`, parameters) have the same structure and leaves
+    equal within tolerance; the failure names the leaf path and the largest difference
+    (`chex.assert_trees_all_close`). On GPU `atol` is at least 1e-3 (TF32 matmuls)."""
+    chex.assert_trees_all_close(x, y, rtol=rtol, atol=_tolerance(atol))
 
 
 # The tracr canonical circuits of the reference (§4.5), in jacdc names (placeholder edges left
@@ -40,3 +50,20 @@ PROPORTION = [
     "blocks.1.attn.hook_k[0] <- blocks.1.hook_k_input[0]",
     "blocks.1.attn.hook_v[0] <- blocks.1.hook_v_input[0]",
 ]
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Switches jaxtyping's runtime checks (installed for the test session by `conftest.py`)
+    off, for tests of the error a user gets: users run without the checks, whose own
+    `TypeCheckError` would otherwise come first."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+TYPECHECKED = os.environ.get("JACDC_TYPECHECK", "1") != "0"
+"""Whether this session runs with jaxtyping's runtime checks (see `conftest.py`)."""

@@ -229,6 +229,7 @@ def test_nan_metric_names_edge_and_step(engine):
         jacdc.acdc(model, task, 0.01, metric="bad", engine=engine)
 
 
+@pytest.mark.unchecked  # the errors users get
 def test_bad_input():
     model, task = make_task(CONFIGS["gpt2-like"])
     with pytest.raises(ValueError, match="finite and >= 0"):

@@ -100,6 +100,7 @@ def test_target_mode_runs_without_recompiling(tiny, extremes):
         ([1.0], {"metric": "nope"}, "Unknown metric"),
     ],
 )
+@pytest.mark.unchecked  # the errors users get
 def test_bad_arguments(tiny, lambdas, kwargs, match):
     model, task = tiny
     kwargs = {"metric": "kl_div", **kwargs}

@@ -425,6 +425,7 @@ def test_registered_and_weights_required(name):
         load_task(name)
 
 
+@pytest.mark.unchecked  # a stand-in ModelKind (no configs, a loader returning a tuple)
 def test_resolve_model(make_lm_model):
     # The "random" paths build a model with `jax.random` (seconds of compilation): see the slow
     # test below.

@@ -120,6 +120,7 @@ def test_check_fits():
         _memory.check_fits(huge)
 
 
+@pytest.mark.unchecked  # the errors users get
 def test_xla_memory_rejects_unknown_algorithm():
     with pytest.raises(ValueError, match="Unknown algorithm"):
         _memory.xla_memory("hisp", config(1, 1, 8, 8, None, 5), 2, 3)

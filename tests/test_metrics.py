@@ -3,10 +3,12 @@ minimised: a better model scores lower)."""
 
 import math
 
-import equinox as eqx
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from jacdc.tasks import DocstringMetric, LogitDiffMetric, NLLMetric, ProbDiffMetric
 
@@ -112,21 +114,35 @@ def test_nll_sign_and_empty_weights():
     assert float(empty(unsure)) == 0.0
 
 
-@pytest.mark.parametrize(
-    "metric, vocab",
-    [
-        (LogitDiffMetric(correct=jnp.array([1, 0]), wrong=jnp.array([2, 4])), 5),
-        (DocstringMetric(correct=jnp.array([1, 0]), wrong=jnp.array([[0, 2], [1, 3]])), 5),
-        (ProbDiffMetric(year_tokens=jnp.arange(2, 102), start_year=jnp.array([3, 70])), 102),
-        (NLLMetric(targets=jnp.array([[0, 1], [2, 0]]), weights=jnp.ones((2, 2))), 5),
-    ],
-)
-def test_metrics_jit_and_grad(metric, vocab, getkey):
-    import jax
+METRICS = {  # name: (metric, vocabulary size)
+    "logit_diff": (LogitDiffMetric(correct=jnp.array([1, 0]), wrong=jnp.array([2, 4])), 5),
+    "docstring": (
+        DocstringMetric(correct=jnp.array([1, 0]), wrong=jnp.array([[0, 2], [1, 3]])),
+        5,
+    ),
+    "prob_diff": (
+        ProbDiffMetric(year_tokens=jnp.arange(2, 102), start_year=jnp.array([3, 70])),
+        102,
+    ),
+    "nll": (NLLMetric(targets=jnp.array([[0, 1], [2, 0]]), weights=jnp.ones((2, 2))), 5),
+}
 
-    logits = jax.random.normal(getkey(), (2, 2, vocab))
-    eager = metric(logits)
-    jitted = eqx.filter_jit(lambda m, x: m(x))(metric, logits)
-    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-6)
-    grad = jax.grad(lambda x: metric(x))(logits)
-    assert grad.shape == logits.shape and bool(jnp.isfinite(grad).all())
+
+class TestMetricsJitAndGrad(chex.TestCase):
+    """Each metric's value and gradient, jitted and run op by op (chex variants), against the
+    op-by-op value and finite differences."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*sorted(METRICS))
+    def test_value_and_grad(self, name):
+        metric, vocab = METRICS[name]
+        logits = jax.random.normal(jax.random.key(0), (2, 2, vocab))
+        value, grad = self.variant(jax.value_and_grad(lambda x: metric(x)))(logits)
+        np.testing.assert_allclose(value, metric(logits), rtol=1e-5, atol=1e-6)
+        assert grad.shape == logits.shape and bool(jnp.isfinite(grad).all())
+        # Central differences along one random direction (float64 on the host side).
+        direction = np.asarray(jax.random.normal(jax.random.key(1), logits.shape))
+        eps = 1e-2
+        fd = float(metric(logits + eps * direction)) - float(metric(logits - eps * direction))
+        fd /= 2 * eps
+        np.testing.assert_allclose(float((grad * direction).sum()), fd, rtol=2e-2, atol=1e-3)

@@ -1,9 +1,11 @@
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import assert_trees_close
 
 import jacdc
 from jacdc import _sp
@@ -172,8 +174,7 @@ def test_each_lane_equals_a_single_run(tiny, sweep8):
             n_steps=N_STEPS,
             lr=0.05,
         )
-        for a, b in zip(jax.tree.leaves(single.log_alpha), jax.tree.leaves(results[i].log_alpha)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert_trees_close(single.log_alpha, results[i].log_alpha, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(single.loss, results[i].loss, rtol=1e-4, atol=1e-6)
         assert (single.present == results[i].present).all()
 
@@ -199,7 +200,7 @@ def test_deterministic_variant(tiny):
         deterministic=True,
     )
     keep = jax.tree.map(lambda la: la >= 0, r.log_alpha)
-    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: (a == b).all(), keep, r.keep)))
+    chex.assert_trees_all_equal(keep, r.keep)
     assert (r.present == jacdc.circuit_from_units(model.graph_shape, keep)).all()
 
 

@@ -1,11 +1,13 @@
 """Mask semantics of the forward pass, against an independent plain transformer written here."""
 
+import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import jacdc
 from jacdc.models import (
@@ -115,17 +117,22 @@ def batched(model, tokens, mask, corrupted):
     return jax.vmap(model, in_axes=(0, None, 0))(tokens, mask, corrupted)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_all_ones_is_the_plain_model(name):
-    model, clean, corrupt = setup(name)
-    corrupted = corrupted_sources(model, corrupt)
-    logits, sources = batched(model, clean, jacdc.EdgeMask.full(model.graph_shape), corrupted)
-    for b in range(clean.shape[0]):
-        expect, online, vectors = plain_forward(model, clean[b])
-        np.testing.assert_allclose(logits[b], expect, atol=ATOL, rtol=0)
-        for s, out in online.items():
-            np.testing.assert_allclose(sources.resid[b, s], out, atol=ATOL, rtol=0)
-        np.testing.assert_allclose(sources.q[b, 1], vectors["q", 1], atol=ATOL, rtol=0)
+class TestAllOnesIsThePlainModel(chex.TestCase):
+    """The forward pass jitted and run op by op (chex variants), against the plain model."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*sorted(CONFIGS))
+    def test_all_ones_is_the_plain_model(self, name):
+        model, clean, corrupt = setup(name)
+        forward = self.variant(lambda *args: batched(model, *args))
+        corrupted = corrupted_sources(model, corrupt)
+        logits, sources = forward(clean, jacdc.EdgeMask.full(model.graph_shape), corrupted)
+        for b in range(clean.shape[0]):
+            expect, online, vectors = plain_forward(model, clean[b])
+            np.testing.assert_allclose(logits[b], expect, atol=ATOL, rtol=0)
+            for s, out in online.items():
+                np.testing.assert_allclose(sources.resid[b, s], out, atol=ATOL, rtol=0)
+            np.testing.assert_allclose(sources.q[b, 1], vectors["q", 1], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -247,6 +254,7 @@ def test_no_retrace_when_mask_values_or_corrupted_sources_change():
     assert len(traces) == 1
 
 
+@pytest.mark.unchecked  # the errors users get
 def test_bad_input_errors():
     model, clean, corrupt = setup("gpt2")
     shape = model.graph_shape
