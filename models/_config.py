@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -117,14 +118,14 @@ class TransformerConfig:
     n_kv_heads: int | None = None
     rotary_dim: int | None = None
     rope_theta: float = 10000.0
-    rope_scaling: tuple | None = None
+    rope_scaling: tuple | Mapping | None = None
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
     post_norms: bool = False
     embed_scale: float | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
-    sliding_window: tuple[int | None, ...] | int | None = None
+    sliding_window: tuple[int | None, ...] | list | int | None = None
     weight_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     fold_value_biases: bool = False
 
