@@ -114,6 +114,7 @@ def test_no_cache_writes_nothing(tmp_path):
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JACDC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JACDC_NO_CACHE", raising=False)  # the session turns caching off
     return tmp_path / "cache"
 
 
@@ -219,6 +220,7 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
 
 def test_session_never_uses_the_user_cache():
     assert "jacdc-test-cache-" in os.environ["JACDC_CACHE_DIR"]
+    assert _cache.cache_disabled()  # and JAX's persistent cache is off in this process
     import jax
 
-    assert jax.config.values["jax_compilation_cache_dir"].startswith(os.environ["JACDC_CACHE_DIR"])
+    assert not jax.config.values["jax_compilation_cache_dir"]
