@@ -15,7 +15,7 @@ checkpoint, `model_final.npz` (NumPy, TL tensor names) or, with `--format pth`,
 `model_final.pth` (a torch state dict).
 
     python examples/train_induction.py --out /tmp/induction_2l
-    jacdc discover induction --weights /tmp/induction_2l --seq-len 40   # if the CLI is installed
+    jacdc discover induction --weights /tmp/induction_2l --data jacdc --seq-len 40   # CLI installed
 
 (`--seq-len` matches the training sequences: the CLI's induction default, 300 tokens, is
 redwood_attn_2l's and exceeds this model's 64-token context.) Run it with `--acdc THRESHOLD` to

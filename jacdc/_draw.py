@@ -420,9 +420,18 @@ def _circuit_of(result, graph: Graph | None) -> dict[str, Any]:
             "title": f"acdc · threshold {result.threshold:g} · {n} of {len(result.graph)} edges",
         }
     if isinstance(result, (str, os.PathLike)):
-        from ._results import load_result  # validates the file (one-line errors)
+        # Read here rather than through `jacdc._results.load_result`, which imports this module
+        # (no import cycle); `circuit_of_document` validates what a drawing needs.
+        import json
+        from pathlib import Path
 
-        return circuit_of_document(load_result(result), str(result))
+        try:
+            doc = json.loads(Path(result).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{result} is not a result file (not valid JSON: {e}).") from None
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"{result} is not a result file (not a JSON object).")
+        return circuit_of_document(doc, str(result))
     if isinstance(result, Mapping):
         return circuit_of_document(result)
     if graph is None:

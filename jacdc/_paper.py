@@ -20,6 +20,7 @@ get them. Every run records the matmul precision ([`jacdc.precision`][]).
 """
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -55,7 +56,7 @@ HOW_TO: dict[str, str] = {
 }
 
 
-def paper_lambdas(lambdas: Sequence[float]) -> np.ndarray:
+def paper_lambdas(lambdas: Sequence[float] | np.ndarray) -> np.ndarray:
     """The original launcher's quirk: each lambda went through `f"{lam:.3f}"` on the command
     line, so it ran rounded to three decimals (values below 0.0005 ran as 0)."""
     return np.array([float(f"{float(lam):.3f}") for lam in lambdas], np.float64)
@@ -128,7 +129,7 @@ def _notes(task: str, rows: list[dict], seed: int) -> list[str]:
 def paper_report(
     tasks: Sequence[str] | None = None,
     *,
-    out_dir: str,
+    out_dir: str | os.PathLike,
     weights: Mapping[str, str] | None = None,
     algorithms: Sequence[str] = PAPER_ALGORITHMS,
     sp_steps: int = 10_000,

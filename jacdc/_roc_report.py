@@ -210,7 +210,7 @@ def roc_report(
     zero_ablation: bool,
     metric: str | None,
     out_dir: "str | os.PathLike",
-    sweeps: Mapping[str, Sequence[float]] | None = None,
+    sweeps: Mapping[str, Sequence[float] | np.ndarray] | None = None,
     seed: int = 0,
     sp_steps: int = 10_000,
     sp_lr: float = 1e-3,

@@ -179,13 +179,13 @@ def check_clean_run_memory(model: Transformer, tokens) -> None:
     its logits (every position, float32, about four copies while the metric is built) would
     not fit in the memory free now: a task too large for the machine stops with the numbers
     and the options that shrink it, instead of being killed by the system."""
-    from jacdc._memory import MemoryBudgetError, device_memory
+    from jacdc import _device_memory
 
     batch, seq = np.shape(tokens)[:2]
     need = 4 * batch * seq * model.cfg.vocab_out * 4
-    free, source = device_memory()
+    free, source = _device_memory.device_memory()
     if free is not None and need > 0.9 * free:
-        raise MemoryBudgetError(
+        raise _device_memory.MemoryBudgetError(
             f"Building the task's metrics needs about {need / 2**30:.1f} GiB (the clean logits "
             f"of {batch} sequences x {seq} tokens x {model.cfg.vocab_out} vocabulary entries), "
             f"but only {free / 2**30:.1f} GiB is free ({source}). Use fewer or shorter "

@@ -12,7 +12,7 @@ Heads are written `(layer, head)`.
 
 from collections.abc import Iterable
 
-from jacdc import GraphShape, graph_of
+from jacdc._graph import GraphShape, graph_of
 
 
 GPT2_SHAPE = GraphShape(n_layers=12, n_heads=12, has_mlp=True)

@@ -141,7 +141,7 @@ class NLLMetric(AbstractMetric):
         nll = self._nll(logits)
         return (nll * self.weights).sum(-1) / jnp.maximum(self.weights.sum(-1), 1e-30)
 
-    def __call__(self, logits: Float[Array, "batch pos vocab"]) -> Float[Array, ""]:
+    def __call__(self, logits: Float[Array | np.ndarray, "batch pos vocab"]) -> Float[Array, ""]:
         total = self.weights.sum()
         value = (self._nll(logits) * self.weights).sum() / jnp.maximum(total, 1e-30)
         return jnp.where(total > 0, value, 0.0)

@@ -458,7 +458,7 @@ def test_random_full_size_configs():
     from jacdc.tasks._induction import REDWOOD_ATTN_2L
 
     gpt2 = GPT2_SMALL.config()
-    assert dataclasses.astuple(gpt2.graph_shape) == (12, 12, True, 1)
+    assert dataclasses.astuple(gpt2.graph_shape) == (12, 12, True, 1, False)
     assert gpt2.graph_shape.n_edges() == 32923
     assert REDWOOD_ATTN_2L.config().graph_shape.n_edges() == 305
     assert GPT2_SMALL.small().d_vocab == 50257 and GPT2_SMALL.small().has_mlp

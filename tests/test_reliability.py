@@ -408,8 +408,8 @@ def test_files_are_created_0644(tmp_path):
 
 def test_split_and_length_options_reach_the_task(tmp_path, capsys):
     out = tmp_path / "ind"
-    code, _, err = run(["discover", "induction", "--weights", "random-small", "--algorithm",
-                        "hisp", "--n-val", "3", "--n-test", "2", "--seq-len", "16",
+    code, _, err = run(["discover", "induction", "--weights", "random-small", "--data", "jacdc",
+                        "--algorithm", "hisp", "--n-val", "3", "--n-test", "2", "--seq-len", "16",
                         "--out", str(out), "--no-progress"], capsys)  # fmt: skip
     assert code == 0, err
     doc = _results.load_result(out / "result.json")
@@ -573,12 +573,12 @@ def test_task_too_large_for_memory_stops_before_it_is_built(tmp_path, capsys, mo
     """`discover induction --weights random-small` used to be killed by the system while the
     task's clean logits were built (before any estimate); now the build checks first. The free
     memory is patched to 1 GiB so the verdict does not depend on this machine."""
-    from jacdc import _memory
+    from jacdc import _device_memory
 
-    monkeypatch.setattr(_memory, "device_memory", lambda device=None: (2**30, "test"))
+    monkeypatch.setattr(_device_memory, "device_memory", lambda device=None: (2**30, "test"))
     out = tmp_path / "big"
-    code, _, err = run(["discover", "induction", "--weights", "random-small", "--out", str(out),
-                        "--no-progress"], capsys)  # fmt: skip
+    code, _, err = run(["discover", "induction", "--weights", "random-small", "--data", "jacdc",
+                        "--out", str(out), "--no-progress"], capsys)  # fmt: skip
     msg = one_line_error(code, err)
     assert "GiB" in msg and "--seq-len" in msg and "--n-val" in msg
     assert not out.exists()
