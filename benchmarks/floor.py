@@ -19,7 +19,8 @@ attention-only, d_model 256, vocabulary 50,259, 10 x 300 tokens: `benchmarks/acd
 case b) and `gpt2` (random GPT-2-small shape, IOI-shaped 50 x 15, the first `--prefix` tests:
 case c). The machine may be shared: the load average is recorded.
 
-Usage: `python benchmarks/floor.py [--only tracr,induction,gpt2] [--prefix 300] [--reps 5]`.
+Usage: `python benchmarks/floor.py [--only tracr,induction,gpt2] [--prefix 300] [--reps 5]
+[--bands auto|on|off]`.
 """
 
 import argparse
@@ -102,14 +103,14 @@ def floor_seconds(model, task, stage: int, rates) -> float:
     return sum(f / rates[k]["flops_per_s"] for k, f in terms.items() if f)
 
 
-def measure(name, model, task, thresholds, rates, *, metric, max_tests=None) -> dict:
+def measure(name, model, task, thresholds, rates, *, metric, max_tests=None, bands="auto") -> dict:
     import jacdc
     from jacdc import engine
 
     calls = []
     t = time.perf_counter()
     results = jacdc.acdc_sweep(model, task, thresholds, metric=metric, max_tests=max_tests,
-                               on_call=lambda *c: calls.append(c))  # fmt: skip
+                               on_call=lambda *c: calls.append(c), bands=bands)  # fmt: skip
     wall = time.perf_counter() - t
     stages = engine.edge_test_stages(model.graph_shape)
     tests = collections.Counter()
@@ -131,6 +132,7 @@ def measure(name, model, task, thresholds, rates, *, metric, max_tests=None) -> 
     first = calls[0][1] if calls else 0.0
     return {
         "workload": name,
+        "bands": bands,
         "thresholds": len(thresholds),
         "edge_tests": sum(tests.values()),
         "device_calls": len(calls),
@@ -150,7 +152,14 @@ def main(argv=None) -> int:
     p.add_argument("--prefix", type=int, default=300, help="gpt2: edge tests run")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--bands",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the fast engine's banded evaluators (jacdc.acdc_sweep's bands=)",
+    )
     args = p.parse_args(argv)
+    bands = {"auto": "auto", "on": True, "off": False}[args.bands]
     only = set(args.only.split(","))
 
     import acdc_speed  # the workloads of the speed benchmark
@@ -186,7 +195,7 @@ def main(argv=None) -> int:
     for name, model, task, taus, metric, prefix in workloads:
         n_pos = int(np.asarray(task.logit_positions).size)
         rates = matmul_rates(model.cfg, task.batch, task.seq, n_pos, args.reps)
-        run = measure(name, model, task, taus, rates, metric=metric, max_tests=prefix)
+        run = measure(name, model, task, taus, rates, metric=metric, max_tests=prefix, bands=bands)
         run["matmul_rates"] = rates
         doc["runs"][name] = run
         print(f"{name}: {run['edge_tests']} tests in {run['wall_s']:.2f} s; floor "

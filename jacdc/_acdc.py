@@ -584,13 +584,14 @@ def _fast_sweep(
     mesh=None,
     source_dtype=None,
     on_call=None,
+    bands="auto",
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
     start = time.perf_counter()
     lanes = Evaluator(
         model, task, corrupted, metric, n_lanes, layers=layers, suffix=suffix, mesh=mesh,
-        source_dtype=source_dtype, on_call=on_call,
+        source_dtype=source_dtype, on_call=on_call, bands=bands,
     )  # fmt: skip
     # The full model's metric, through the same compiled evaluator the run uses.
     initial = float(lanes.evaluate(2 * shape.n_layers, np.ones((n_lanes, len(graph))), 1)[0])
@@ -673,6 +674,7 @@ def acdc_sweep(
     source_dtype=None,
     on_call: Callable[[int, float, int], None] | None = None,
     ablation=None,
+    bands: bool | Literal["auto"] = "auto",
 ) -> list[ACDCResult]:
     """ACDC at several thresholds. The fast engine runs them as one lock-step batch sharing
     every device call; the reference engine runs them one after another.
@@ -700,6 +702,10 @@ def acdc_sweep(
     - `mesh`: fast engine: split the candidates over this mesh's `"lane"` axis (see
       [`jacdc._sharding.sharded_acdc_sweep`][], which also places the batch).
     - `source_dtype`: fast engine: store source buffers in this dtype (bf16 on accelerators).
+    - `bands`: fast engine with `layers="scan"`: run each call's scan from the stage's band of
+      layers on, reading earlier sources from the shared clean buffer instead of a copy per
+      candidate (at most `2 + log2(n_layers)` compilations; see
+      [`jacdc.engine.band_start`][]). `"auto"`: on when the copies would exceed 32 MiB.
     - `on_call`: fast engine: called after every device call as
       `on_call(stage, seconds, candidates_used)` (for profiling; the benchmarks use it).
     - `progress`: called as `progress(tested, removed, current_metric)`.
@@ -717,7 +723,8 @@ def acdc_sweep(
     corrupted = ablation_sources(model, task, ablation=ab)
     results = _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine,
                             candidates, suffix, progress, checkpoint, resume, stop_after_nodes,
-                            max_tests, layers, mesh, source_dtype, on_call, corrupted)  # fmt: skip
+                            max_tests, layers, mesh, source_dtype, on_call, corrupted,
+                            bands)  # fmt: skip
     for r in results:
         r.ablation = ab.kind
     return results
@@ -725,7 +732,7 @@ def acdc_sweep(
 
 def _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine, candidates,
                   suffix, progress, checkpoint, resume, stop_after_nodes, max_tests, layers, mesh,
-                  source_dtype, on_call, corrupted):  # fmt: skip
+                  source_dtype, on_call, corrupted, bands="auto"):  # fmt: skip
     if engine == "reference":
         if resume is not None or checkpoint is not None:
             raise ValueError("Checkpoints are supported by the fast engine only.")
@@ -769,6 +776,7 @@ def _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, eng
         mesh=mesh,
         source_dtype=source_dtype,
         on_call=on_call,
+        bands=bands,
     )
 
 

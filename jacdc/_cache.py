@@ -119,6 +119,32 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
     return path
 
 
+def memory_maps() -> int:
+    """This process's memory maps (lines of `/proc/self/maps`; 0 where there is no `/proc`)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def release_compiled(max_maps: int = 20_000) -> bool:
+    """Drops JAX's in-memory caches of compiled functions when this process holds more than
+    `max_maps` memory maps; returns whether it did.
+
+    Every XLA:CPU executable maps about nine memory regions and JAX keeps every executable it
+    compiled, so a long process that compiles thousands of them (a whole `jacdc paper` run, a
+    test suite) reaches the kernel's limit (`vm.max_map_count`, 65,530 by default), where the
+    next mmap fails inside XLA and the process segfaults. Called between tasks by long
+    commands; what is dropped is compiled again on next use (from the persistent cache if on)."""
+    if memory_maps() <= max_maps:
+        return False
+    import jax
+
+    jax.clear_caches()
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # info / clear
 # ---------------------------------------------------------------------------------------------

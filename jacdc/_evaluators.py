@@ -65,13 +65,16 @@ def evaluate_unrolled(
 
 @eqx.filter_jit
 def evaluate_scan(
-    model, task, corrupted, clean, vecs: Float[Array, "lanes edges"], stage, metric: str, stacked
-) -> Float[Array, " lanes"]:
+    model, task, corrupted, clean, vecs: Float[Array, "lanes edges"], stage, metric: str, stacked,
+    first_layer: int = 0,
+) -> Float[Array, " lanes"]:  # fmt: skip
     """[`evaluate_unrolled`][] through the scan-over-layers forward: `stage` is a traced int32
     and `clean` the clean run's whole source buffer `(batch, src, seq, d_model)`, so one
     compilation serves every stage. `stacked`: [`stacked_blocks`][] of the model. With
-    `clean=None` every call is a whole forward from the embeddings (no suffix recomputation)."""
-    TRACE_COUNTS[("scan", vecs.shape, clean is None)] += 1
+    `clean=None` every call is a whole forward from the embeddings (no suffix recomputation).
+    `first_layer` (static): scan the layers from it on only, reading the earlier sources from
+    `clean` without a copy per lane (one compilation per value; see [`band_start`][])."""
+    TRACE_COUNTS[("scan", vecs.shape, clean is None, first_layer)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
 
@@ -89,8 +92,9 @@ def evaluate_scan(
 
             def example(tokens, corr, buf):
                 return model.run_from_scan(
-                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked
-                )
+                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked,
+                    first_layer,
+                )  # fmt: skip
 
             logits = jax.vmap(example)(task.clean, corrupted, clean)
         return task.metrics[metric](logits)
@@ -112,6 +116,23 @@ def clean_sources(model, tokens) -> Float[Array, "batch src seq d_model"]:
     return clean_run(model, tokens)[1].resid
 
 
+def band_start(n_layers: int, stage: int) -> int:
+    """The first layer the banded scan evaluator runs for an edge test at `stage`: the stage's
+    own layer rounded down so that the band spans 0, 1, 2, 4, 8, ... layers (or all of them).
+    A run therefore compiles at most `2 + log2(n_layers)` evaluators, and each call's buffer
+    and work are at most twice the suffix's."""
+    need = n_layers - stage // 2  # layers from the stage's own layer to the last
+    span = 0 if need <= 0 else 1
+    while span < need:
+        span *= 2
+    return max(0, n_layers - span)
+
+
+# Banded evaluators pay off once the per-call copy of the source buffer is large (below this,
+# one compilation for every stage is the better trade).
+_BAND_BYTES = 32 * 2**20
+
+
 class Evaluator:
     """The fast engine's device side: the cached clean sources and the compiled evaluator.
 
@@ -127,6 +148,10 @@ class Evaluator:
         `"lane"` axis (the task and model are expected to be placed on it already).
     - `source_dtype`: store the corrupted sources and the cached clean sources in this dtype
         (e.g. bf16 on accelerators; see [`jacdc._mesh.sources_to_dtype`][]).
+    - `bands`: with `layers="scan"`, run each call's scan from [`band_start`][] of its stage
+        on, reading the earlier sources from the shared clean buffer (no copy per lane; the
+        output receiver mixes only the metric's positions). `"auto"`: on when the lanes'
+        source buffers would exceed 32 MiB and the model has no post-attention norms.
     - `on_call`: called after every [`evaluate`][] as `on_call(stage, seconds, n_used)`.
 
     `evaluator(stage, vecs)` returns the metric of each row as float64 NumPy;
@@ -137,10 +162,22 @@ class Evaluator:
     def __init__(
         self, model, task, corrupted, metric: str, n_lanes: int, *, layers: str = "scan",
         suffix: bool = True, mesh=None, source_dtype=None,
-        on_call: Callable[[int, float, int], None] | None = None,
+        on_call: Callable[[int, float, int], None] | None = None, bands: bool | str = "auto",
     ):  # fmt: skip
         if layers not in ("scan", "unrolled"):
             raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
+        if bands not in ("auto", True, False):
+            raise ValueError(f"bands must be True, False or 'auto', got {bands!r}.")
+        cfg = model.cfg
+        if bands is True and cfg.post_norms and layers == "scan" and suffix:
+            raise ValueError(
+                "bands=True needs a model without post-attention norms (Gemma-2 mixes each "
+                "layer's heads through its norm); use bands=False or 'auto'."
+            )
+        if bands == "auto":
+            buffer = n_lanes * task.batch * model.graph_shape.n_src * task.seq * cfg.d_model * 4
+            bands = buffer > _BAND_BYTES and not cfg.post_norms
+        self.bands = bool(bands) and layers == "scan" and suffix
         if source_dtype is not None:
             corrupted = sources_to_dtype(corrupted, source_dtype)
         self.model, self.task, self.corrupted, self.metric = model, task, corrupted, metric
@@ -194,6 +231,8 @@ class Evaluator:
             clean = self.clean() if self.suffix else None
             args = (model, task, self.corrupted, clean, self._vecs(vecs), self._stage(stage),
                     self.metric, self._stacked)  # fmt: skip
+            if self.bands:
+                args = args + (band_start(model.cfg.n_layers, stage),)
             return evaluate_scan, args
         if stage == 0:  # nothing precedes the embeddings: no clean run needed
             prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _cache
 from ._roc_report import PUBLISHED, _atomic_write, metric_kind, roc_report
 
 
@@ -195,6 +196,7 @@ def paper_report(
     }
     start = time.perf_counter()
     for task in tasks:
+        _cache.release_compiled()  # a whole report compiles thousands of executables
         spec = task_registry.get_task(task)
         options: dict = {"seed": 0}
         if task.startswith("tracr"):

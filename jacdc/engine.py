@@ -29,6 +29,7 @@ from ._eap import _mask_grads
 from ._evaluators import (
     TRACE_COUNTS as TRACE_COUNTS,
     Evaluator as Evaluator,
+    band_start as band_start,
     clean_sources as clean_sources,
     evaluate_scan as evaluate_scan,
     evaluate_unrolled as evaluate_unrolled,

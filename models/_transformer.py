@@ -498,11 +498,17 @@ class Transformer(eqx.Module):
         positions: Int[Array, " seq"] | None = None,
         logit_positions: Int[Array, " p"] | None = None,
         stacked: Block | None = None,
+        first_layer: int = 0,
     ) -> Float[Array, "p d_vocab_out"]:
         """[`run_from`][] with the stage a *traced* integer: one compiled function serves
         every stage. `clean` holds the online outputs of **all** sources (the clean run's);
         those written before `stage` are read, the others are recomputed. Layers before the
-        stage are skipped with `lax.cond`, so the work is that of the suffix."""
+        stage are skipped with `lax.cond`, so the work is that of the suffix.
+
+        `first_layer` (static, default 0): scan only the layers from it on, reading the
+        sources before it from `clean` without copying them (valid for stages at or after
+        `2 * first_layer`; one compilation per `first_layer`). Not for models with
+        post-attention norms (Gemma-2)."""
         shape = self.graph_shape
         if clean.shape[0] != shape.n_src:
             raise ValueError(
@@ -511,8 +517,9 @@ class Transformer(eqx.Module):
             )
         stage = jnp.asarray(stage, jnp.int32)
         logits, _ = self._forward_scan(
-            tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked
-        )
+            tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked,
+            first_layer,
+        )  # fmt: skip
         return logits
 
     def n_prefix(self, stage: int) -> int:
@@ -613,25 +620,43 @@ class Transformer(eqx.Module):
         return logits.astype(jnp.float32)
 
     def _forward_scan(
-        self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None
-    ):
+        self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None,
+        first_layer: int = 0,
+    ):  # fmt: skip
         """The forward as one layer body under `lax.scan` (see `_forward` for the maths).
 
         The online outputs live in one buffer of all `n_src` sources; a receiver reads every
         source with its mask row zeroed (`jnp.where`, so also zero gradient) at the sources
         that are not upstream of it. `stage=None`: the whole forward from the embeddings;
-        otherwise a traced stage, with `clean` the buffer whose sources before it are read."""
+        otherwise a traced stage, with `clean` the buffer whose sources before it are read.
+
+        `first_layer > 0` (static; needs `clean` and a stage at or after `2 * first_layer`, and
+        no post-norms): the scan runs over the layers from `first_layer` on only. The sources
+        before that layer are read straight from `clean` (shared by every candidate a caller
+        vmaps over, never copied), and the online buffer holds the later sources only; the
+        output receiver mixes only the positions the metric reads."""
         cfg, shape = self.cfg, self.graph_shape
         seq = tokens.shape[0]
         H, E, P, L = cfg.n_heads, shape.n_embed, shape.per_layer, cfg.n_layers
         if positions is None:
             positions = jnp.arange(seq)
+        # Sources [0, n0) are the fixed prefix (read from `clean`); the buffer holds the rest.
+        n0 = 0 if first_layer == 0 else E + first_layer * P
+        if first_layer and (clean is None or cfg.post_norms or not 0 <= first_layer <= L):
+            raise ValueError(
+                f"first_layer={first_layer} needs the clean buffer, a model without post-norms "
+                f"and 0 <= first_layer <= {L}."
+            )
+        prefix, c_pre = None, None
         if clean is None:
             emb = jnp.stack(self.embed(tokens, positions))
             rest = jnp.zeros((shape.n_src - E, seq, cfg.d_model), emb.dtype)
             online = jnp.concatenate([emb, rest]).astype(jnp.float32)
         else:
-            online = clean.astype(jnp.float32)
+            online = clean[n0:].astype(jnp.float32)
+            if n0:
+                prefix, c_pre = clean[:n0].astype(jnp.float32), corrupted.resid[:n0]
+        c_suf = corrupted.resid[n0:]
         blocks = stack_blocks(self) if stacked is None else stacked
         # Biases before each layer's attention, accumulated in the unrolled path's order.
         bias, before = jnp.zeros((cfg.d_model,), jnp.float32), []
@@ -640,7 +665,7 @@ class Transformer(eqx.Module):
             if not cfg.post_norms:
                 bias = bias + blk.b_o
         final_bias = bias
-        src = jnp.arange(shape.n_src)
+        src = jnp.arange(n0, shape.n_src)
         pos_qk, rope = self._pos_qk(positions), self._rope(positions)
         zero_qkv = jnp.zeros((H, seq, cfg.d_head), jnp.float32)
         if cfg.post_norms:
@@ -650,10 +675,14 @@ class Transformer(eqx.Module):
 
         def read(m, online, n, bias, n_head_layers=None):
             """A receiver's input from the `n` sources upstream of it (the others weigh 0)."""
+            m_suf = m[..., n0:]
             valid = src < n
-            w_on, w_co = jnp.where(valid, m, 0.0), jnp.where(valid, 1.0 - m, 0.0)
+            w_on, w_co = jnp.where(valid, m_suf, 0.0), jnp.where(valid, 1.0 - m_suf, 0.0)
             if not cfg.post_norms:
-                return _mix(w_on, online, corrupted.resid, w_co) + bias
+                x = _mix(w_on, online, c_suf, w_co)
+                if n0:  # the prefix is upstream of every receiver in the scan
+                    x = _mix(m[..., :n0], prefix, c_pre) + x
+                return x + bias
             c = corrupted.resid
             x = _mix(w_on[..., :E], online[:E], c[:E], w_co[..., :E])
             lay = lambda a: a[..., E:].reshape(a.shape[:-1] + (L, P))
@@ -677,7 +706,7 @@ class Transformer(eqx.Module):
             n = E + layer * P
             x = read(m_qkv, online, n, bias, layer)
             result, q, k, v = _heads(cfg, blk, x, direct, c_q, c_k, c_v, pos_qk, rope, window)
-            online = jax.lax.dynamic_update_slice_in_dim(online, result, n, axis=0)
+            online = jax.lax.dynamic_update_slice_in_dim(online, result, n - n0, axis=0)
             return online, (q, k, v)
 
         own = 0 if cfg.parallel_attn_mlp else 1  # does the MLP read its own layer's heads?
@@ -686,7 +715,7 @@ class Transformer(eqx.Module):
             blk, layer, bias, m_mlp = xs
             n = E + layer * P + own * H
             out = _mlp(cfg, blk, read(m_mlp, online, n, bias, layer + own))[None]
-            return jax.lax.dynamic_update_slice_in_dim(online, out, E + layer * P + H, axis=0)
+            return jax.lax.dynamic_update_slice_in_dim(online, out, E + layer * P + H - n0, axis=0)
 
         def layer_body(online, xs):
             blk, layer, bias = xs["blk"], xs["layer"], xs["bias"]
@@ -730,11 +759,21 @@ class Transformer(eqx.Module):
             xs["window"] = jnp.array(
                 [_GLOBAL if w is None else w for w in cfg.windows()], jnp.int32
             )
-        online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
+        if first_layer:
+            xs = jax.tree.map(lambda a: a[first_layer:], xs)
+        if first_layer < L:
+            online, (qs, ks, vs) = jax.lax.scan(layer_body, online, xs)
         if cfg.post_norms:
             x = read(mask.out, online, shape.n_src, final_bias, L)
-        else:  # the output reads every source: no validity mask needed
+        elif not n0:  # the output reads every source: no validity mask needed
             x = _mix(mask.out, online, corrupted.resid) + final_bias
+        else:  # only the positions the metric reads
+            pick = (lambda a: a) if logit_positions is None else (lambda a: a[:, logit_positions])
+            x = _mix(mask.out[:n0], pick(prefix), pick(c_pre))
+            if n0 < shape.n_src:
+                x = x + _mix(mask.out[n0:], pick(online), pick(c_suf))
+            x = x + final_bias
+            logit_positions = None
         logits = self._unembed(x, logit_positions)
         if stage is not None:
             return logits, None

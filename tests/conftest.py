@@ -1,13 +1,6 @@
 import os
 
 
-# XLA:CPU's YNNPACK fusions read memory they never wrote (HISP's NaN, issue 11) and full runs of
-# this suite segfaulted inside XLA with them on; the suite runs with them off.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="
-).strip()
-
-
 # Runtime checks of the jaxtyping annotations (shapes and dtypes, with beartype for the rest) on
 # every function and dataclass of `jacdc`, `jacdc.models` and `jacdc.tasks`, for the whole test
 # session. The hook must be installed before anything imports jacdc, hence first in this file.
@@ -45,6 +38,18 @@ def _typecheck_switch(request):
             yield
     else:
         yield
+
+
+# Every XLA:CPU executable maps about nine memory regions and JAX keeps every executable it
+# compiled: a worker that runs hundreds of test files reaches the kernel's limit on memory maps
+# (`vm.max_map_count`, 65,530) and segfaults inside XLA (seen in full runs: 61,000 maps at the
+# crash). After any test that leaves the process above 20,000 maps, JAX's caches are dropped.
+@pytest.fixture(autouse=True)
+def _bounded_memory_maps():
+    yield
+    from jacdc._cache import release_compiled
+
+    release_compiled()
 
 
 @pytest.fixture

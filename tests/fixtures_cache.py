@@ -14,8 +14,7 @@ import tempfile
 _SESSION_CACHE = tempfile.mkdtemp(prefix="jacdc-test-cache-")
 os.environ["JACDC_CACHE_DIR"] = _SESSION_CACHE
 # In this process JAX's persistent compilation cache stays off: serialising every one of the
-# suite's thousands of executables costs time and has crashed XLA:CPU (a segfault inside
-# `put_executable_and_time`, seen once in a full run). The cache itself is tested in fresh
+# suite's thousands of executables costs time. The cache itself is tested in fresh
 # subprocesses (`tests/test_cache.py`), which clear this variable; compiled tracr models are
 # cached in the session folder by the tests that ask for it.
 os.environ["JACDC_NO_CACHE"] = "1"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jacdc
-from jacdc import _acdc
+from jacdc import _acdc, engine
 from jacdc.models import Transformer, TransformerConfig
 from jacdc.tasks import AbstractMetric, Task, kl_metric
 
@@ -65,11 +65,12 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
         model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
     )
     sizes = set()
-    for layers, suffix in [
-        ("scan", True),
-        ("scan", False),
-        ("unrolled", True),
-        ("unrolled", False),
+    for layers, suffix, bands in [
+        ("scan", True, False),
+        ("scan", True, True),  # banded: the scan from the stage's band on, shared prefix
+        ("scan", False, False),
+        ("unrolled", True, False),
+        ("unrolled", False, False),
     ]:
         fast = jacdc.acdc_sweep(
             model,
@@ -79,6 +80,7 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
             zero_ablation=zero_ablation,
             suffix=suffix,
             layers=layers,
+            bands=bands,
         )
         for r, f in zip(ref, fast):
             assert r.decisions == f.decisions
@@ -189,7 +191,7 @@ def test_one_compilation_per_input_shape(layers):
     first = dict(_acdc.TRACE_COUNTS)
     assert first and all(count == 1 for count in first.values())
     if layers == "scan":  # the stage is traced: one compilation for the whole run
-        assert list(first) == [("scan", (8, len(jacdc.graph_of(model.graph_shape))), False)]
+        assert list(first) == [("scan", (8, len(jacdc.graph_of(model.graph_shape))), False, 0)]
     else:  # one per stage the run visited
         stages = {stage for stage, _ in first}
         assert len(stages) > 1 and stages <= set(range(2 * model.cfg.n_layers + 1))
@@ -327,13 +329,39 @@ def test_fast_engine_equals_reference_on_every_family(arch, zero_ablation):
         model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, engine="reference"
     )
     sizes = {r.n_edges for r in ref}
-    for layers in ("scan", "unrolled"):
+    variants = [("scan", False), ("unrolled", False)]
+    if not model.cfg.post_norms:  # banded evaluators (Gemma-2's post-norms: refused, below)
+        variants.append(("scan", True))
+    for layers, bands in variants:
         fast = jacdc.acdc_sweep(
-            model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation, layers=layers
-        )
+            model, task, THRESHOLDS, metric="kl_div", zero_ablation=zero_ablation,
+            layers=layers, bands=bands,
+        )  # fmt: skip
         for r, f in zip(ref, fast):
-            assert r.decisions == f.decisions, layers
+            assert r.decisions == f.decisions, (layers, bands)
             np.testing.assert_array_equal(r.present, f.present)
             assert r.n_tests == f.n_tests
             assert abs(r.metric - f.metric) < 1e-6
     assert len(sizes) >= 3  # the thresholds give different circuits
+
+
+def test_banded_evaluators_one_compilation_per_band():
+    model, task = make_task(CONFIGS["tracr-like"], key=6)  # 3 layers: bands 3, 2, 1, 0
+    L = model.cfg.n_layers
+    assert [engine.band_start(L, s) for s in range(2 * L + 1)] == [0, 0, 1, 1, 2, 2, 3]
+    assert [engine.band_start(12, s) for s in (24, 23, 22, 20, 18, 16, 14, 8, 0)] == [
+        12, 11, 11, 10, 8, 8, 4, 4, 0,
+    ]  # fmt: skip
+    _acdc.TRACE_COUNTS.clear()
+    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=4, bands=True)
+    n_edges = len(jacdc.graph_of(model.graph_shape))
+    assert dict(_acdc.TRACE_COUNTS) == {("scan", (4, n_edges), False, b): 1 for b in range(L + 1)}
+
+
+@pytest.mark.unchecked  # the error users get
+def test_bands_refused_with_post_norms():
+    model, task = make_task(FAMILY_CONFIGS["gemma2-like"])
+    with pytest.raises(ValueError, match="bands=True needs a model without post-attention norms"):
+        jacdc.acdc(model, task, 1e-3, metric="kl_div", bands=True)
+    auto = engine.Evaluator(model, task, None, "kl_div", 4, bands="auto")
+    assert not auto.bands

@@ -224,3 +224,20 @@ def test_session_never_uses_the_user_cache():
     import jax
 
     assert not jax.config.values["jax_compilation_cache_dir"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+def test_release_compiled_frees_the_executables_memory_maps():
+    import jax
+    import jax.numpy as jnp
+
+    jax.clear_caches()
+    before = _cache.memory_maps()
+    f = jax.jit(lambda x: jnp.sin(x) * 2.0)
+    for n in range(1, 41):  # 40 executables, one per shape
+        f(jnp.ones((n,)))
+    grown = _cache.memory_maps()
+    assert grown > before + 40  # several maps per XLA:CPU executable
+    assert not _cache.release_compiled(max_maps=10**9)  # under the limit: nothing dropped
+    assert _cache.release_compiled(max_maps=0)
+    assert _cache.memory_maps() < grown - 40
