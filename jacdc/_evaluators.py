@@ -66,14 +66,15 @@ def evaluate_unrolled(
 @eqx.filter_jit
 def evaluate_scan(
     model, task, corrupted, clean, vecs: Float[Array, "lanes edges"], stage, metric: str, stacked,
-    first_layer: int = 0,
+    first_layer: int = 0, prefix=None,
 ) -> Float[Array, " lanes"]:  # fmt: skip
     """[`evaluate_unrolled`][] through the scan-over-layers forward: `stage` is a traced int32
     and `clean` the clean run's whole source buffer `(batch, src, seq, d_model)`, so one
     compilation serves every stage. `stacked`: [`stacked_blocks`][] of the model. With
     `clean=None` every call is a whole forward from the embeddings (no suffix recomputation).
     `first_layer` (static): scan the layers from it on only, reading the earlier sources from
-    `clean` without a copy per lane (one compilation per value; see [`band_start`][])."""
+    `clean` without a copy per lane (one compilation per value; see [`band_start`][]);
+    `prefix`: `None` or [`prefix_terms`][] for that band (the prefix mixed in one contraction)."""
     TRACE_COUNTS[("scan", vecs.shape, clean is None, first_layer)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
@@ -90,13 +91,14 @@ def evaluate_scan(
             logits = jax.vmap(example)(task.clean, corrupted)
         else:
 
-            def example(tokens, corr, buf):
+            def example(tokens, corr, buf, pre):
+                delta, csum = (None, None) if pre is None else pre
                 return model.run_from_scan(
                     stage, tokens, mask, corr, buf, None, task.logit_positions, stacked,
-                    first_layer,
+                    first_layer, delta, csum,
                 )  # fmt: skip
 
-            logits = jax.vmap(example)(task.clean, corrupted, clean)
+            logits = jax.vmap(example)(task.clean, corrupted, clean, prefix)
         return task.metrics[metric](logits)
 
     return jax.vmap(one)(masks)
@@ -116,6 +118,15 @@ def clean_sources(model, tokens) -> Float[Array, "batch src seq d_model"]:
     return clean_run(model, tokens)[1].resid
 
 
+@eqx.filter_jit
+def prefix_terms(clean, corrupted_resid, n0: int):
+    """What a banded evaluator whose prefix is the first `n0` sources reads, computed once
+    per run: `clean - corrupted` for every source `(batch, src, seq, d_model)` and the sum of
+    the corrupted prefix `(batch, seq, d_model)`."""
+    corrupted_resid = jnp.broadcast_to(corrupted_resid, clean.shape).astype(jnp.float32)
+    return clean.astype(jnp.float32) - corrupted_resid, corrupted_resid[:, :n0].sum(1)
+
+
 def band_start(n_layers: int, stage: int) -> int:
     """The first layer the banded scan evaluator runs for an edge test at `stage`: the stage's
     own layer rounded down so that the band spans 0, 1, 2, 4, 8, ... layers (or all of them).
@@ -131,6 +142,13 @@ def band_start(n_layers: int, stage: int) -> int:
 # Banded evaluators pay off once the per-call copy of the source buffer is large (below this,
 # one compilation for every stage is the better trade).
 _BAND_BYTES = 32 * 2**20
+
+
+def auto_bands(cfg, n_lanes: int, batch: int, seq: int) -> bool:
+    """`bands="auto"`'s choice: banded evaluators when the lanes' copies of the source buffer
+    would exceed 32 MiB, for models without post-attention norms."""
+    buffer = n_lanes * batch * cfg.graph_shape.n_src * seq * cfg.d_model * 4
+    return buffer > _BAND_BYTES and not cfg.post_norms
 
 
 class Evaluator:
@@ -175,8 +193,7 @@ class Evaluator:
                 "layer's heads through its norm); use bands=False or 'auto'."
             )
         if bands == "auto":
-            buffer = n_lanes * task.batch * model.graph_shape.n_src * task.seq * cfg.d_model * 4
-            bands = buffer > _BAND_BYTES and not cfg.post_norms
+            bands = auto_bands(cfg, n_lanes, task.batch, task.seq)
         self.bands = bool(bands) and layers == "scan" and suffix
         if source_dtype is not None:
             corrupted = sources_to_dtype(corrupted, source_dtype)
@@ -186,6 +203,7 @@ class Evaluator:
         self.source_dtype = source_dtype
         self.on_call = on_call
         self._clean = None
+        self._delta, self._prefixes = None, {}
         self._stacked = stacked_blocks(model) if layers == "scan" else None
         self._stages: dict[int, jax.Array] = {}
         self._lane_sharding = None
@@ -204,6 +222,21 @@ class Evaluator:
                 clean = sources_to_dtype(clean, self.source_dtype)
             self._clean = clean
         return self._clean
+
+    def _prefix(self, first: int):
+        """[`prefix_terms`][] of the band starting at layer `first` (`None` for the first band,
+        which has no prefix), made once per band; the difference buffer is shared by all."""
+        if first == 0:
+            return None
+        if first not in self._prefixes:
+            n0 = self.model.graph_shape.n_src_before_layer(first)
+            delta, csum = prefix_terms(self.clean(), self.corrupted.resid, n0)
+            if self._delta is None:
+                self._delta = delta
+                if self.source_dtype is not None:
+                    self._delta = sources_to_dtype(delta, self.source_dtype)
+            self._prefixes[first] = csum
+        return self._delta, self._prefixes[first]
 
     def _vecs(self, vecs):
         if isinstance(vecs, jax.Array) and self._lane_sharding is None:
@@ -232,7 +265,8 @@ class Evaluator:
             args = (model, task, self.corrupted, clean, self._vecs(vecs), self._stage(stage),
                     self.metric, self._stacked)  # fmt: skip
             if self.bands:
-                args = args + (band_start(model.cfg.n_layers, stage),)
+                first = band_start(model.cfg.n_layers, stage)
+                args = args + (first, self._prefix(first))
             return evaluate_scan, args
         if stage == 0:  # nothing precedes the embeddings: no clean run needed
             prefix = jnp.zeros((task.batch, 0, task.seq, model.cfg.d_model), jnp.float32)

@@ -78,6 +78,7 @@ from ._device_memory import (
     MemoryBudgetError as MemoryBudgetError,
     device_memory as device_memory,
 )
+from ._evaluators import auto_bands
 
 
 _F32 = 4
@@ -376,6 +377,8 @@ def _acdc_scan_memory(cfg, B, K, seq, n_pos, task, batch, mesh_shape, fs, suffix
     pos_table = _nbytes(_weight_shapes(cfg).w_pos)
     embed_args = w["embed"] if not suffix else (pos_table if embed_read else 0)
     clean = B * shape.n_src * seq * cfg.d_model * fs if suffix else 0
+    # Banded evaluators (jacdc._evaluators.auto_bands) also hold `clean - corrupted`.
+    banded = suffix and auto_bands(cfg, K * mesh_shape[1], batch, seq)
     fixed = {
         "weights": w["blocks"] + w["unembed"] + embed_args,
         "task": task_bytes(
@@ -383,6 +386,7 @@ def _acdc_scan_memory(cfg, B, K, seq, n_pos, task, batch, mesh_shape, fs, suffix
         ),  # fmt: skip
         "corrupted sources": source_bytes(cfg, B, seq, fs),
         "clean sources": clean,
+        "clean - corrupted (banded)": clean if banded else 0,
         "candidate masks": K * n_edges * _F32,
         "stage": 4,
     }

@@ -282,3 +282,34 @@ class TransformerConfig:
             n_embed=2 if self.positional == "separate" else 1,
             parallel=self.parallel_attn_mlp,
         )
+
+
+# Hugging Face `config.json` keys that are metadata or framework options (how to label, save,
+# trace or run the model in `transformers`), never the maths: every loader ignores them.
+HF_METADATA_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "_num_labels",
+        "name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "finetuning_task",
+        "num_labels",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "use_return_dict",
+        "torchscript",
+        "gradient_checkpointing",
+        "tokenizer_class",
+        "prefix",
+        "is_decoder",
+        "chunk_size_feed_forward",
+        "tf_legacy_loss",
+        "use_bfloat16",
+    }
+)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
-from ._config import TransformerConfig
+from ._config import HF_METADATA_KEYS, TransformerConfig
 from ._safetensors import read_safetensors
 from ._transformer import Transformer
 
@@ -72,62 +72,41 @@ _REQUIRED_VALUES: dict[str, Any] = {
     "pruned_heads": {},
 }
 # Keys that do not affect the eval-mode forward pass from tokens to logits.
-_IGNORED_KEYS = frozenset(
-    {
-        # identification, checked separately
-        "model_type",
-        "architectures",
-        # dropout (inactive at inference) and initialisation
-        "attn_pdrop",
-        "embd_pdrop",
-        "resid_pdrop",
-        "summary_first_dropout",
-        "initializer_range",
-        # the sequence-classification / double-heads summary head, not used by the LM
-        "summary_activation",
-        "summary_proj_to_labels",
-        "summary_type",
-        "summary_use_proj",
-        # legacy: the causal-mask buffer size, always >= n_positions in practice
-        "n_ctx",
-        # legacy OpenAI-GPT fields
-        "n_special",
-        "predict_special_tokens",
-        # special tokens and generation settings
-        "bos_token_id",
-        "eos_token_id",
-        "pad_token_id",
-        "sep_token_id",
-        "decoder_start_token_id",
-        "task_specific_params",
-        "max_length",
-        "do_sample",
-        "use_cache",
-        # metadata and framework options
-        "_name_or_path",
-        "_num_labels",
-        "name_or_path",
-        "transformers_version",
-        "torch_dtype",
-        "dtype",
-        "finetuning_task",
-        "num_labels",
-        "id2label",
-        "label2id",
-        "problem_type",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-        "use_return_dict",
-        "torchscript",
-        "gradient_checkpointing",
-        "tokenizer_class",
-        "prefix",
-        "is_decoder",
-        "chunk_size_feed_forward",
-        "tf_legacy_loss",
-        "use_bfloat16",
-    }
+_IGNORED_KEYS = (
+    frozenset(
+        {
+            # identification, checked separately
+            "model_type",
+            "architectures",
+            # dropout (inactive at inference) and initialisation
+            "attn_pdrop",
+            "embd_pdrop",
+            "resid_pdrop",
+            "summary_first_dropout",
+            "initializer_range",
+            # the sequence-classification / double-heads summary head, not used by the LM
+            "summary_activation",
+            "summary_proj_to_labels",
+            "summary_type",
+            "summary_use_proj",
+            # legacy: the causal-mask buffer size, always >= n_positions in practice
+            "n_ctx",
+            # legacy OpenAI-GPT fields
+            "n_special",
+            "predict_special_tokens",
+            # special tokens and generation settings
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "sep_token_id",
+            "decoder_start_token_id",
+            "task_specific_params",
+            "max_length",
+            "do_sample",
+            "use_cache",
+        }
+    )
+    | HF_METADATA_KEYS
 )
 # `transformers` model classes whose weights are a GPT-2 LM (possibly with an extra head).
 _GPT2_ARCHITECTURES = frozenset(

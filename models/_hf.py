@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import TransformerConfig
+from ._config import HF_METADATA_KEYS, TransformerConfig
 from ._safetensors import INDEX_FILE, WEIGHTS_FILE, read_safetensors, read_safetensors_index
 from ._transformer import Transformer
 
@@ -65,57 +65,36 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
 _MODEL_TYPES = {mt: fam for mt, fam in _ARCHITECTURES.values()}
 
 # Keys that never change the eval-mode forward from tokens to logits.
-_IGNORED = frozenset(
-    {
-        "model_type",
-        "architectures",
-        # dropout (inactive at inference) and initialisation
-        "attention_dropout",
-        "hidden_dropout",
-        "classifier_dropout",
-        "embd_pdrop",
-        "resid_pdrop",
-        "initializer_range",
-        # special tokens and generation / cache settings
-        "bos_token_id",
-        "eos_token_id",
-        "pad_token_id",
-        "sep_token_id",
-        "decoder_start_token_id",
-        "use_cache",
-        "cache_implementation",
-        "task_specific_params",
-        "max_length",
-        "do_sample",
-        # tensor-parallel slicing of pretraining: the same maths (transformers 5 ignores it)
-        "pretraining_tp",
-        # metadata and framework options
-        "_name_or_path",
-        "_num_labels",
-        "_attn_implementation_autoset",
-        "name_or_path",
-        "transformers_version",
-        "torch_dtype",
-        "dtype",
-        "finetuning_task",
-        "num_labels",
-        "id2label",
-        "label2id",
-        "problem_type",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-        "use_return_dict",
-        "torchscript",
-        "gradient_checkpointing",
-        "tokenizer_class",
-        "prefix",
-        "is_decoder",
-        "chunk_size_feed_forward",
-        "tf_legacy_loss",
-        "use_bfloat16",
-        "pruned_heads",
-    }
+_IGNORED = (
+    frozenset(
+        {
+            "model_type",
+            "architectures",
+            # dropout (inactive at inference) and initialisation
+            "attention_dropout",
+            "hidden_dropout",
+            "classifier_dropout",
+            "embd_pdrop",
+            "resid_pdrop",
+            "initializer_range",
+            # special tokens and generation / cache settings
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "sep_token_id",
+            "decoder_start_token_id",
+            "use_cache",
+            "cache_implementation",
+            "task_specific_params",
+            "max_length",
+            "do_sample",
+            # tensor-parallel slicing of pretraining: the same maths (transformers 5 ignores it)
+            "pretraining_tp",
+            "_attn_implementation_autoset",
+            "pruned_heads",
+        }
+    )
+    | HF_METADATA_KEYS
 )
 # Keys whose only supported value is the default one (falsy counts as the default).
 _MUST_BE_FALSY = frozenset(

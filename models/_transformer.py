@@ -499,6 +499,8 @@ class Transformer(eqx.Module):
         logit_positions: Int[Array, " p"] | None = None,
         stacked: Block | None = None,
         first_layer: int = 0,
+        prefix_delta: Float[Array, "src seq d_model"] | None = None,
+        prefix_csum: Float[Array, "seq d_model"] | None = None,
     ) -> Float[Array, "p d_vocab_out"]:
         """[`run_from`][] with the stage a *traced* integer: one compiled function serves
         every stage. `clean` holds the online outputs of **all** sources (the clean run's);
@@ -508,7 +510,11 @@ class Transformer(eqx.Module):
         `first_layer` (static, default 0): scan only the layers from it on, reading the
         sources before it from `clean` without copying them (valid for stages at or after
         `2 * first_layer`; one compilation per `first_layer`). Not for models with
-        post-attention norms (Gemma-2)."""
+        post-attention norms (Gemma-2). With `prefix_delta` (`clean - corrupted.resid`, all
+        sources) and `prefix_csum` (the sum of `corrupted.resid` over the sources before
+        `first_layer`'s), a receiver mixes the prefix as `prefix_csum + sum_s m_s delta_s`: one
+        contraction instead of two, equal to rounding (both computed once per run by the
+        caller)."""
         shape = self.graph_shape
         if clean.shape[0] != shape.n_src:
             raise ValueError(
@@ -518,7 +524,7 @@ class Transformer(eqx.Module):
         stage = jnp.asarray(stage, jnp.int32)
         logits, _ = self._forward_scan(
             tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked,
-            first_layer,
+            first_layer, prefix_delta, prefix_csum,
         )  # fmt: skip
         return logits
 
@@ -621,7 +627,7 @@ class Transformer(eqx.Module):
 
     def _forward_scan(
         self, tokens, mask, corrupted, positions, stage, clean, logit_positions, stacked=None,
-        first_layer: int = 0,
+        first_layer: int = 0, prefix_delta=None, prefix_csum=None,
     ):  # fmt: skip
         """The forward as one layer body under `lax.scan` (see `_forward` for the maths).
 
@@ -647,15 +653,24 @@ class Transformer(eqx.Module):
                 f"first_layer={first_layer} needs the clean buffer, a model without post-norms "
                 f"and 0 <= first_layer <= {L}."
             )
-        prefix, c_pre = None, None
+        prefix, c_pre, delta, csum = None, None, None, None
         if clean is None:
             emb = jnp.stack(self.embed(tokens, positions))
             rest = jnp.zeros((shape.n_src - E, seq, cfg.d_model), emb.dtype)
             online = jnp.concatenate([emb, rest]).astype(jnp.float32)
         else:
             online = clean[n0:].astype(jnp.float32)
-            if n0:
+            if n0 and prefix_delta is not None:
+                delta, csum = prefix_delta[:n0].astype(jnp.float32), prefix_csum
+            elif n0:
                 prefix, c_pre = clean[:n0].astype(jnp.float32), corrupted.resid[:n0]
+
+        def mix_prefix(m, pick=lambda a: a, pick_csum=lambda a: a):
+            """The prefix's part of a receiver's input (every prefix source is upstream)."""
+            if delta is None:
+                return _mix(m, pick(prefix), pick(c_pre))
+            return jnp.einsum("...n,nsd->...sd", m, pick(delta)) + pick_csum(csum)
+
         c_suf = corrupted.resid[n0:]
         blocks = stack_blocks(self) if stacked is None else stacked
         # Biases before each layer's attention, accumulated in the unrolled path's order.
@@ -681,7 +696,7 @@ class Transformer(eqx.Module):
             if not cfg.post_norms:
                 x = _mix(w_on, online, c_suf, w_co)
                 if n0:  # the prefix is upstream of every receiver in the scan
-                    x = _mix(m[..., :n0], prefix, c_pre) + x
+                    x = mix_prefix(m[..., :n0]) + x
                 return x + bias
             c = corrupted.resid
             x = _mix(w_on[..., :E], online[:E], c[:E], w_co[..., :E])
@@ -768,8 +783,9 @@ class Transformer(eqx.Module):
         elif not n0:  # the output reads every source: no validity mask needed
             x = _mix(mask.out, online, corrupted.resid) + final_bias
         else:  # only the positions the metric reads
-            pick = (lambda a: a) if logit_positions is None else (lambda a: a[:, logit_positions])
-            x = _mix(mask.out[:n0], pick(prefix), pick(c_pre))
+            lp = logit_positions
+            pick = (lambda a: a) if lp is None else (lambda a: a[:, lp])
+            x = mix_prefix(mask.out[:n0], pick, (lambda a: a) if lp is None else (lambda a: a[lp]))
             if n0 < shape.n_src:
                 x = x + _mix(mask.out[n0:], pick(online), pick(c_suf))
             x = x + final_bias

@@ -124,3 +124,14 @@ def test_check_fits():
 def test_xla_memory_rejects_unknown_algorithm():
     with pytest.raises(ValueError, match="Unknown algorithm"):
         _memory.xla_memory("hisp", config(1, 1, 8, 8, None, 5), 2, 3)
+
+
+def test_banded_runs_count_the_difference_buffer():
+    gpt2 = TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072,
+                             d_vocab=50257, n_ctx=1024)  # fmt: skip
+    big = _memory.acdc_memory(gpt2, 50, 15, candidates=4).parts
+    # clean - corrupted: one more buffer of every source (50 x 157 x 15 x 768 float32)
+    assert big["clean - corrupted (banded)"] == big["clean sources"] == 50 * 157 * 15 * 768 * 4
+    small = TransformerConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=11,
+                              n_ctx=6)  # fmt: skip
+    assert _memory.acdc_memory(small, 4, 5, candidates=4).parts["clean - corrupted (banded)"] == 0

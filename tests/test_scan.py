@@ -108,6 +108,19 @@ def test_run_from_scan_equals_run_from_at_every_stage(name):
 
         got = jax.vmap(banded, in_axes=(0, None, 0, 0))(clean, mask, corrupted, buffer)
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=f"banded {stage}")
+        # ... with the prefix mixed in one contraction (`clean - corrupted`, corrupted sum)
+        delta = buffer - corrupted.resid
+        csum = corrupted.resid[:, : shape.n_src_before_layer(first)].sum(1)
+
+        def one_pass(t, m, c, p, d, s):
+            return model.run_from_scan(
+                jnp.int32(stage), t, m, c, p, None, positions, None, first, d, s
+            )
+
+        got = jax.vmap(one_pass, in_axes=(0, None, 0, 0, 0, 0))(
+            clean, mask, corrupted, buffer, delta, csum
+        )
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=f"delta {stage}")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,83 @@
+"""Time per edge test of the fast engine's evaluator, by candidates per call and banding, at the
+late stages of the GPT-2-small shape (random weights, IOI-shaped 50 x 15, KL at the last
+position). Writes `benchmarks/results/evaluator_calls.json`.
+
+Each row: `jacdc.engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=...)`, warm
+(one call first), best of `--reps` calls of all-ones candidates; seconds per call and per edge
+test (per candidate). The machine may be shared: the load average is recorded.
+
+Usage: `python benchmarks/evaluator_calls.py [--stages 24,21] [--lanes 1,4,16] [--reps 3]`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.random as jr
+import numpy as np
+
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "evaluator_calls.json"
+sys.path.insert(0, str(HERE))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", default="24,21")
+    p.add_argument("--lanes", default="1,4,16")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+
+    import acdc_speed
+
+    import jacdc
+    from jacdc import engine
+    from jacdc.models import Transformer, TransformerConfig
+
+    cfg = TransformerConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072,
+                            d_vocab=50257, n_ctx=1024)  # fmt: skip
+    model = Transformer(cfg, key=jr.key(0))
+    task = acdc_speed.ioi_task(model)
+    corrupted = jacdc.ablation_sources(model, task, False)
+    stages = [int(s) for s in args.stages.split(",")]
+    doc = {"benchmark": "benchmarks/evaluator_calls.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                       "jax": jax.__version__, "backend": jax.default_backend()},
+           "workload": "random GPT-2-small shape, IOI-shaped 50 x 15, KL at the last position",
+           "load_before": os.getloadavg(), "rows": []}  # fmt: skip
+    variants = [(False, 1)] + [(True, int(n)) for n in args.lanes.split(",")]
+    for bands, lanes in variants:
+        ev = engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=bands)
+        vecs = np.ones((lanes, ev.n_edges), np.float32)
+        for stage in stages:
+            ev(stage, vecs)  # compile
+            times = []
+            for _ in range(args.reps):
+                t = time.perf_counter()
+                ev(stage, vecs)
+                times.append(time.perf_counter() - t)
+            best = min(times)
+            row = {"bands": bands, "candidates": lanes, "stage": stage, "s_per_call": best,
+                   "s_per_test": best / lanes}  # fmt: skip
+            doc["rows"].append(row)
+            print(f"bands={bands} candidates={lanes} stage {stage}: {best:.3f} s/call, "
+                  f"{best / lanes:.4f} s/test", flush=True)  # fmt: skip
+    doc["load_after"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)  # atomic
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
