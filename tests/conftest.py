@@ -1,6 +1,18 @@
 import os
 
 
+# The suite compiles thousands of small XLA:CPU programs and runs each a few times, so LLVM's
+# optimisation passes cost more than they save: with them at level 0 (and the expensive ones
+# off) `tests/test_eap.py tests/test_sp.py` took 39 s instead of 48 s here. The programs (HLO)
+# are the same; only the machine code is less optimised. Subprocesses started by tests inherit
+# it. Set JACDC_TEST_XLA_OPT=1 to test with XLA's default code generation.
+if os.environ.get("JACDC_TEST_XLA_OPT", "0") != "1":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    ).strip()
+
+
 # Runtime checks of the jaxtyping annotations (shapes and dtypes, with beartype for the rest) on
 # every function and dataclass of `jacdc`, `jacdc.models` and `jacdc.tasks`, for the whole test
 # session. The hook must be installed before anything imports jacdc, hence first in this file.

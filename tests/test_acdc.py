@@ -70,7 +70,6 @@ def test_fast_engine_equals_reference(arch, zero_ablation):
         ("scan", True, True),  # banded: the scan from the stage's band on, shared prefix
         ("scan", False, False),
         ("unrolled", True, False),
-        ("unrolled", False, False),
     ]:
         fast = jacdc.acdc_sweep(
             model,

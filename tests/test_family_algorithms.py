@@ -16,10 +16,12 @@ from jacdc._cli import main
 EMBEDS = ("blocks.0.hook_resid_pre", "hook_embed", "hook_pos_embed")
 
 
-# Mistral is Llama with sliding windows and Qwen2 is Llama with q/k/v biases (both run in the
-# default suite by tests/test_acdc.py and tests/test_scan.py, gradients included): their share
-# of this test runs with `-m slow`.
-_SLOW = {"mistral-like", "qwen2-like"}
+# The default suite runs the two families whose graphs and blocks differ most from GPT-2's
+# (Gemma-2: GQA, post-norms, soft-caps, windows, GeGLU; GPT-NeoX: parallel blocks, partial
+# rotary). Llama, Mistral (Llama with windows) and Qwen2 (Llama with q/k/v biases) run with
+# `-m slow`; their forward, gradients and ACDC decisions are in the default suite through
+# tests/test_scan.py and tests/test_acdc.py.
+_SLOW = {"llama-like", "mistral-like", "qwen2-like"}
 
 
 @pytest.mark.parametrize(
