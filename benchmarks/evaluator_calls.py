@@ -10,14 +10,10 @@ Usage: `python benchmarks/evaluator_calls.py [--stages 24,21] [--lanes 1,4,16] [
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.random as jr
 import numpy as np
 
@@ -25,6 +21,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evaluator_calls.json"
 sys.path.insert(0, str(HERE))
+import _results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,11 +44,11 @@ def main(argv=None) -> int:
     task = acdc_speed.ioi_task(model)
     corrupted = jacdc.ablation_sources(model, task, False)
     stages = [int(s) for s in args.stages.split(",")]
-    doc = {"benchmark": "benchmarks/evaluator_calls.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "jax": jax.__version__, "backend": jax.default_backend()},
-           "workload": "random GPT-2-small shape, IOI-shaped 50 x 15, KL at the last position",
-           "load_before": os.getloadavg(), "rows": []}  # fmt: skip
+    doc = dict(
+        _results.header("benchmarks/evaluator_calls.py"),
+        rows=[],
+        workload="random GPT-2-small shape, IOI-shaped 50 x 15, KL at the last position",
+    )
     variants = [(False, 1)] + [(True, int(n)) for n in args.lanes.split(",")]
     for bands, lanes in variants:
         ev = engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=bands)
@@ -69,13 +66,7 @@ def main(argv=None) -> int:
             doc["rows"].append(row)
             print(f"bands={bands} candidates={lanes} stage {stage}: {best:.3f} s/call, "
                   f"{best / lanes:.4f} s/test", flush=True)  # fmt: skip
-    doc["load_after"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)  # atomic
-    print(f"wrote {out}")
+    _results.write(doc, args.out)
     return 0
 
 

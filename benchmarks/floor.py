@@ -25,9 +25,6 @@ Usage: `python benchmarks/floor.py [--only tracr,induction,gpt2] [--prefix 300] 
 
 import argparse
 import collections
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +39,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "floor.json"
 sys.path.insert(0, str(HERE))
+import _results  # noqa: E402
 
 
 def kind_shapes(cfg, batch: int, seq: int, n_pos: int) -> dict[str, tuple[str, tuple, tuple]]:
@@ -167,10 +165,7 @@ def main(argv=None) -> int:
     from jacdc import tasks
     from jacdc.models import Transformer, TransformerConfig
 
-    doc = {"benchmark": "benchmarks/floor.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "jax": jax.__version__, "backend": jax.default_backend()},
-           "load_before": os.getloadavg(), "runs": {}}  # fmt: skip
+    doc = dict(_results.header("benchmarks/floor.py"), runs={})
     workloads = []
     if "tracr" in only:
         bundle = tasks.load_task("tracr-reverse")
@@ -204,13 +199,7 @@ def main(argv=None) -> int:
         for st, v in run["by_stage"].items():
             print(f"  stage {st}: {v['tests']} tests, {v['achieved_s']:.3f} s vs floor "
                   f"{v['floor_s']:.4f} s ({v['achieved_over_floor']:.1f}x)")  # fmt: skip
-    doc["load_after"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)  # atomic
-    print(f"wrote {out}")
+    _results.write(doc, args.out)
     return 0
 
 

@@ -167,7 +167,10 @@ def _one_edge_cases(shape):
         (jacdc.Edge("q", (L, 0, 0)), "q", L, 0, 0),
         (jacdc.Edge("k", (L, shape.n_heads - 1, shape.head_src(0, 0))), "k", L,
          shape.n_heads - 1, shape.head_src(0, 0)),
-        (jacdc.Edge("v", (L, 0, shape.n_embed - 1)), "v", L, 0, shape.n_embed - 1),
+        # the last source before layer L (not a positional embedding, which clean and corrupted
+        # runs share, so that its patch does nothing)
+        (jacdc.Edge("v", (L, 0, shape.n_src_before_layer(L) - 1)), "v", L, 0,
+         shape.n_src_before_layer(L) - 1),
         (jacdc.Edge("out", (shape.head_src(L, 0),)), "out", -1, -1, shape.head_src(L, 0)),
         (jacdc.Edge("direct", (L, 0, 0)), "q_vec", L, 0, None),
         (jacdc.Edge("direct", (0, 0, 2)), "v_vec", 0, 0, None),
