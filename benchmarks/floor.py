@@ -20,7 +20,7 @@ case b) and `gpt2` (random GPT-2-small shape, IOI-shaped 50 x 15, the first `--p
 case c). The machine may be shared: the load average is recorded.
 
 Usage: `python benchmarks/floor.py [--only tracr,induction,gpt2] [--prefix 300] [--reps 5]
-[--bands auto|on|off]`.
+[--bands auto|on|off] [--candidates N]`.
 """
 
 import argparse
@@ -101,14 +101,17 @@ def floor_seconds(model, task, stage: int, rates) -> float:
     return sum(f / rates[k]["flops_per_s"] for k, f in terms.items() if f)
 
 
-def measure(name, model, task, thresholds, rates, *, metric, max_tests=None, bands="auto") -> dict:
+def measure(
+    name, model, task, thresholds, rates, *, metric, max_tests=None, bands="auto", candidates="auto"
+) -> dict:
     import jacdc
     from jacdc import engine
 
     calls = []
     t = time.perf_counter()
     results = jacdc.acdc_sweep(model, task, thresholds, metric=metric, max_tests=max_tests,
-                               on_call=lambda *c: calls.append(c), bands=bands)  # fmt: skip
+                               on_call=lambda *c: calls.append(c), bands=bands,
+                               candidates=candidates)  # fmt: skip
     wall = time.perf_counter() - t
     stages = engine.edge_test_stages(model.graph_shape)
     tests = collections.Counter()
@@ -131,6 +134,7 @@ def measure(name, model, task, thresholds, rates, *, metric, max_tests=None, ban
     return {
         "workload": name,
         "bands": bands,
+        "candidates": candidates,
         "thresholds": len(thresholds),
         "edge_tests": sum(tests.values()),
         "device_calls": len(calls),
@@ -156,8 +160,10 @@ def main(argv=None) -> int:
         default="auto",
         help="the fast engine's banded evaluators (jacdc.acdc_sweep's bands=)",
     )
+    p.add_argument("--candidates", default="auto", help="candidates per call (default: auto)")
     args = p.parse_args(argv)
     bands = {"auto": "auto", "on": True, "off": False}[args.bands]
+    candidates = "auto" if args.candidates == "auto" else int(args.candidates)
     only = set(args.only.split(","))
 
     import acdc_speed  # the workloads of the speed benchmark
@@ -190,7 +196,17 @@ def main(argv=None) -> int:
     for name, model, task, taus, metric, prefix in workloads:
         n_pos = int(np.asarray(task.logit_positions).size)
         rates = matmul_rates(model.cfg, task.batch, task.seq, n_pos, args.reps)
-        run = measure(name, model, task, taus, rates, metric=metric, max_tests=prefix, bands=bands)
+        run = measure(
+            name,
+            model,
+            task,
+            taus,
+            rates,
+            metric=metric,
+            max_tests=prefix,
+            bands=bands,
+            candidates=candidates,
+        )
         run["matmul_rates"] = rates
         doc["runs"][name] = run
         print(f"{name}: {run['edge_tests']} tests in {run['wall_s']:.2f} s; floor "

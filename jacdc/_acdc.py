@@ -435,15 +435,16 @@ def forward_flops(model, task) -> float:
 def auto_candidates(model, task, n_states: int) -> int:
     """Lanes per device call: enough to fill the device, few enough not to waste compute.
 
-    On CPU, 4 candidates per state for models of any size: the late stages (the output node's
-    and last layers' edges, most of a run's tests) are bound by reading the unembedding and
-    MLP weights, which one call shares among its candidates (GPT-2-small IOI shape, banded
-    evaluators: 0.11 s per output-node test with 1 candidate, 0.046 s with 4, 0.048 s with
-    16), while the early, compute-bound stages lose only the speculative candidates after a
-    kept edge. Small models (tracr) are overhead-bound: 16 candidates per state."""
+    On CPU a big forward is compute-bound, so speculation can only waste work: one candidate
+    per state. (With banded evaluators a call shares the weight reads among its candidates, so
+    runs that keep few edges gain from more: GPT-2-small IOI shape, output-node tests 0.076 s
+    with 1 candidate, 0.036 s with 4; but a run that keeps most edges throws most speculative
+    candidates away: a random induction-shaped model at tau keeping 90% of edges ran 3.7 s per
+    test with 4 against about 1.7-2 s per call with 1. Pass `candidates=` to choose.) Small
+    models (tracr) are overhead-bound: 16 candidates per state."""
     flops = forward_flops(model, task)
     if jax.default_backend() == "cpu":
-        per_state = 4 if flops > 2e7 else 16
+        per_state = 1 if flops > 2e8 else (4 if flops > 2e7 else 16)
     else:
         per_state = 8 if flops > 5e10 else 16
     # Identical states share candidates, so a sweep rarely needs a full set per threshold.
