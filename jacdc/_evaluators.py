@@ -74,7 +74,8 @@ def evaluate_scan(
     `clean=None` every call is a whole forward from the embeddings (no suffix recomputation).
     `first_layer` (static): scan the layers from it on only, reading the earlier sources from
     `clean` without a copy per lane (one compilation per value; see [`band_start`][]);
-    `prefix`: `None` or [`prefix_terms`][] for that band (the prefix mixed in one contraction)."""
+    `prefix`: `None` or `(delta, csum)` for that band ([`prefix_delta`][], [`prefix_csum`][]):
+    the prefix mixed in one contraction."""
     TRACE_COUNTS[("scan", vecs.shape, clean is None, first_layer)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
@@ -119,12 +120,18 @@ def clean_sources(model, tokens) -> Float[Array, "batch src seq d_model"]:
 
 
 @eqx.filter_jit
-def prefix_terms(clean, corrupted_resid, n0: int):
-    """What a banded evaluator whose prefix is the first `n0` sources reads, computed once
-    per run: `clean - corrupted` for every source `(batch, src, seq, d_model)` and the sum of
-    the corrupted prefix `(batch, seq, d_model)`."""
+def prefix_delta(clean, corrupted_resid) -> Float[Array, "batch src seq d_model"]:
+    """`clean - corrupted` for every source `(batch, src, seq, d_model)`: what every banded
+    evaluator of a run mixes its prefix from (made once per run)."""
     corrupted_resid = jnp.broadcast_to(corrupted_resid, clean.shape).astype(jnp.float32)
-    return clean.astype(jnp.float32) - corrupted_resid, corrupted_resid[:, :n0].sum(1)
+    return clean.astype(jnp.float32) - corrupted_resid
+
+
+@eqx.filter_jit
+def prefix_csum(corrupted_resid, n0: int) -> Float[Array, "batch seq d_model"]:
+    """The sum of the corrupted sources before the `n0`-th `(batch, seq, d_model)` (once per
+    band)."""
+    return corrupted_resid[:, :n0].astype(jnp.float32).sum(1)
 
 
 def band_start(n_layers: int, stage: int) -> int:
@@ -224,18 +231,17 @@ class Evaluator:
         return self._clean
 
     def _prefix(self, first: int):
-        """[`prefix_terms`][] of the band starting at layer `first` (`None` for the first band,
+        """`(delta, csum)` of the band starting at layer `first` (`None` for the first band,
         which has no prefix), made once per band; the difference buffer is shared by all."""
         if first == 0:
             return None
         if first not in self._prefixes:
-            n0 = self.model.graph_shape.n_src_before_layer(first)
-            delta, csum = prefix_terms(self.clean(), self.corrupted.resid, n0)
             if self._delta is None:
-                self._delta = delta
+                self._delta = prefix_delta(self.clean(), self.corrupted.resid)
                 if self.source_dtype is not None:
-                    self._delta = sources_to_dtype(delta, self.source_dtype)
-            self._prefixes[first] = csum
+                    self._delta = sources_to_dtype(self._delta, self.source_dtype)
+            n0 = self.model.graph_shape.n_src_before_layer(first)
+            self._prefixes[first] = prefix_csum(self.corrupted.resid, n0)
         return self._delta, self._prefixes[first]
 
     def _vecs(self, vecs):
