@@ -55,13 +55,17 @@ def _typecheck_switch(request):
 # Every XLA:CPU executable maps about nine memory regions and JAX keeps every executable it
 # compiled: a worker that runs hundreds of test files reaches the kernel's limit on memory maps
 # (`vm.max_map_count`, 65,530) and segfaults inside XLA (seen in full runs: 61,000 maps at the
-# crash). After any test that leaves the process above 20,000 maps, JAX's caches are dropped.
-@pytest.fixture(autouse=True)
-def _bounded_memory_maps():
-    yield
+# crash). JAX's caches are dropped between test files when the worker holds more than 20,000
+# maps. Inside a file they are kept (unless a file alone passes 50,000): tests there may count
+# compilations across module fixtures, and with `--dist loadfile` a file runs whole on one
+# worker, so whether a cache is dropped depends only on the file's own tests, never on what else
+# the worker ran before it.
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
     from jacdc._cache import release_compiled
 
-    release_compiled()
+    same_file = nextitem is not None and nextitem.path == item.path
+    release_compiled(max_maps=50_000 if same_file else 20_000)
 
 
 @pytest.fixture
