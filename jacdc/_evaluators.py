@@ -17,7 +17,9 @@ run while ACDC tests edges into a stage-`stage` receiver).
     ([`jacdc._floor`][]) and the benchmarks use: `evaluator(stage, vecs)` for values,
     `evaluator.lower(stage)` for XLA's compiled step (memory and cost analysis).
 
-[`TRACE_COUNTS`][] counts traces by input shape (tests assert one compilation per shape).
+Both evaluators are compiled without XLA:CPU's YNNPACK fusions on CPU ([`jacdc._xla`][]:
+about twice as fast here). [`TRACE_COUNTS`][] counts traces by input shape (tests assert one
+compilation per shape).
 This module imports no algorithm: [`jacdc._acdc`][] builds on it, not the other way round.
 """
 
@@ -33,6 +35,7 @@ from jaxtyping import Array, Float
 
 from ._graph import graph_of
 from ._mesh import LANE, mesh_shape, place, sources_to_dtype, to_host
+from ._xla import backend_jit
 from .models import clean_run, stack_blocks
 
 
@@ -41,7 +44,7 @@ from .models import clean_run, stack_blocks
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
-@eqx.filter_jit
+@backend_jit
 def evaluate_unrolled(
     model, task, corrupted, prefix, vecs: Float[Array, "lanes edges"], stage: int, metric: str
 ) -> Float[Array, " lanes"]:
@@ -63,7 +66,7 @@ def evaluate_unrolled(
     return jax.vmap(one)(masks)
 
 
-@eqx.filter_jit
+@backend_jit
 def evaluate_scan(
     model, task, corrupted, clean, vecs: Float[Array, "lanes edges"], stage, metric: str, stacked,
     first_layer: int = 0, prefix=None,
@@ -79,27 +82,33 @@ def evaluate_scan(
     TRACE_COUNTS[("scan", vecs.shape, clean is None, first_layer)] += 1
     graph = graph_of(model.graph_shape)
     masks = graph.from_vector(vecs)
+    batch = task.clean.shape[0]
 
     def one(mask):
+        # The mask is broadcast over the examples (a few MB) so that every receiver's mixing is
+        # a matmul batched over examples (`brn,bnx->brx`): with the mask shared, XLA contracts
+        # the sources of all examples at once and transposes the whole source buffer first,
+        # in every layer of every call (twice the time of the mixing itself, measured).
+        mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), mask)
         if clean is None:
 
-            def example(tokens, corr):
+            def example(tokens, corr, m):
                 logits, _ = model._forward_scan(
-                    tokens, mask, corr, None, None, None, task.logit_positions, stacked
+                    tokens, m, corr, None, None, None, task.logit_positions, stacked
                 )
                 return logits
 
-            logits = jax.vmap(example)(task.clean, corrupted)
+            logits = jax.vmap(example)(task.clean, corrupted, mask)
         else:
 
-            def example(tokens, corr, buf, pre):
+            def example(tokens, corr, buf, pre, m):
                 delta, csum = (None, None) if pre is None else pre
                 return model.run_from_scan(
-                    stage, tokens, mask, corr, buf, None, task.logit_positions, stacked,
+                    stage, tokens, m, corr, buf, None, task.logit_positions, stacked,
                     first_layer, delta, csum,
                 )  # fmt: skip
 
-            logits = jax.vmap(example)(task.clean, corrupted, clean, prefix)
+            logits = jax.vmap(example)(task.clean, corrupted, clean, prefix, mask)
         return task.metrics[metric](logits)
 
     return jax.vmap(one)(masks)
@@ -120,11 +129,12 @@ def clean_sources(model, tokens) -> Float[Array, "batch src seq d_model"]:
 
 
 @eqx.filter_jit
-def prefix_delta(clean, corrupted_resid) -> Float[Array, "batch src seq d_model"]:
-    """`clean - corrupted` for every source `(batch, src, seq, d_model)`: what every banded
-    evaluator of a run mixes its prefix from (made once per run)."""
-    corrupted_resid = jnp.broadcast_to(corrupted_resid, clean.shape).astype(jnp.float32)
-    return clean.astype(jnp.float32) - corrupted_resid
+def prefix_delta(clean, corrupted_resid, n0: int) -> Float[Array, "batch n0 seq d_model"]:
+    """`clean - corrupted` for the first `n0` sources `(batch, n0, seq, d_model)`: what a
+    banded evaluator mixes its prefix from (made once per band, exactly the band's prefix, so
+    no call slices it)."""
+    corrupted_resid = jnp.broadcast_to(corrupted_resid, clean.shape)[:, :n0]
+    return clean[:, :n0].astype(jnp.float32) - corrupted_resid.astype(jnp.float32)
 
 
 @eqx.filter_jit
@@ -210,7 +220,7 @@ class Evaluator:
         self.source_dtype = source_dtype
         self.on_call = on_call
         self._clean = None
-        self._delta, self._prefixes = None, {}
+        self._band = None  # (first layer, (delta, csum)) of the latest band
         self._stacked = stacked_blocks(model) if layers == "scan" else None
         self._stages: dict[int, jax.Array] = {}
         self._lane_sharding = None
@@ -232,17 +242,19 @@ class Evaluator:
 
     def _prefix(self, first: int):
         """`(delta, csum)` of the band starting at layer `first` (`None` for the first band,
-        which has no prefix), made once per band; the difference buffer is shared by all."""
+        which has no prefix). Only the latest band's is kept: ACDC walks the stages from the
+        output down, so a run enters each band once (a sweep's next run starts again at the
+        output), and holding one band's prefix costs at most one source buffer."""
         if first == 0:
             return None
-        if first not in self._prefixes:
-            if self._delta is None:
-                self._delta = prefix_delta(self.clean(), self.corrupted.resid)
-                if self.source_dtype is not None:
-                    self._delta = sources_to_dtype(self._delta, self.source_dtype)
+        if self._band is None or self._band[0] != first:
+            self._band = None  # free the previous band's buffer before making this one
             n0 = self.model.graph_shape.n_src_before_layer(first)
-            self._prefixes[first] = prefix_csum(self.corrupted.resid, n0)
-        return self._delta, self._prefixes[first]
+            delta = prefix_delta(self.clean(), self.corrupted.resid, n0)
+            if self.source_dtype is not None:
+                delta = sources_to_dtype(delta, self.source_dtype)
+            self._band = (first, (delta, prefix_csum(self.corrupted.resid, n0)))
+        return self._band[1]
 
     def _vecs(self, vecs):
         if isinstance(vecs, jax.Array) and self._lane_sharding is None:

@@ -57,13 +57,15 @@ from ._sp import (
     unit_vector,
     units_from_vector,
 )
+from ._xla import CPU_OPTIONS
 
 
 NORM_CLAMP = 1e-6
 """The original's lower bound on each layer's score norm (`norm.clamp(min=1e-6)`)."""
 
-# XLA:CPU compile option that turns the YNNPACK fusions off (see the module docstring).
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA:CPU compile option that turns the YNNPACK fusions off (see the module docstring); for
+# correctness here, so it ignores `JACDC_CPU_YNN`.
+_CPU_OPTIONS = CPU_OPTIONS
 
 
 def metric_elements(metric, logits: Float[Array, "batch pos vocab"]) -> Float[Array, "batch elem"]:

@@ -499,7 +499,7 @@ class Transformer(eqx.Module):
         logit_positions: Int[Array, " p"] | None = None,
         stacked: Block | None = None,
         first_layer: int = 0,
-        prefix_delta: Float[Array, "src seq d_model"] | None = None,
+        prefix_delta: Float[Array, "n_pre seq d_model"] | None = None,
         prefix_csum: Float[Array, "seq d_model"] | None = None,
     ) -> Float[Array, "p d_vocab_out"]:
         """[`run_from`][] with the stage a *traced* integer: one compiled function serves
@@ -510,8 +510,8 @@ class Transformer(eqx.Module):
         `first_layer` (static, default 0): scan only the layers from it on, reading the
         sources before it from `clean` without copying them (valid for stages at or after
         `2 * first_layer`; one compilation per `first_layer`). Not for models with
-        post-attention norms (Gemma-2). With `prefix_delta` (`clean - corrupted.resid`, all
-        sources) and `prefix_csum` (the sum of `corrupted.resid` over the sources before
+        post-attention norms (Gemma-2). With `prefix_delta` (`clean - corrupted.resid`, at least
+        the sources before `first_layer`'s) and `prefix_csum` (the sum of `corrupted.resid` over the sources before
         `first_layer`'s), a receiver mixes the prefix as `prefix_csum + sum_s m_s delta_s`: one
         contraction instead of two, equal to rounding (both computed once per run by the
         caller)."""
@@ -661,6 +661,11 @@ class Transformer(eqx.Module):
         else:
             online = clean[n0:].astype(jnp.float32)
             if n0 and prefix_delta is not None:
+                if prefix_delta.shape[0] < n0:
+                    raise ValueError(
+                        f"prefix_delta must hold at least the {n0} sources before layer "
+                        f"{first_layer}, got {prefix_delta.shape[0]}."
+                    )
                 delta, csum = prefix_delta[:n0].astype(jnp.float32), prefix_csum
             elif n0:
                 prefix, c_pre = clean[:n0].astype(jnp.float32), corrupted.resid[:n0]

@@ -364,3 +364,27 @@ def test_bands_refused_with_post_norms():
         jacdc.acdc(model, task, 1e-3, metric="kl_div", bands=True)
     auto = engine.Evaluator(model, task, None, "kl_div", 4, bands="auto")
     assert not auto.bands
+
+
+@pytest.mark.parametrize("layers, bands", [("scan", False), ("scan", True), ("unrolled", False)])
+def test_evaluators_compile_without_ynn_fusions_on_cpu(layers, bands, monkeypatch):
+    # XLA:CPU's YNNPACK fusions made the evaluators about twice as slow (jacdc/_xla.py); the
+    # check below must see them when they are on, or it would prove nothing.
+    import jax
+
+    from jacdc import _xla
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the YNNPACK fusions are an XLA:CPU feature")
+    model, task = make_task(CONFIGS["gpt2-like"], key=7, batch=64, seq=6)
+    corrupted = jacdc.ablation_sources(model, task, False)
+    ev = engine.Evaluator(model, task, corrupted, "kl_div", 2, layers=layers, bands=bands)
+    assert "__ynn_fusion" not in ev.lower(3).compile().as_text()
+    monkeypatch.setenv("JACDC_CPU_YNN", "1")
+    with_ynn = _xla.backend_jit(engine.evaluate_scan.__wrapped__)
+    fn, args = ev.arguments(3)
+    if fn is not engine.evaluate_scan:
+        with_ynn = _xla.backend_jit(engine.evaluate_unrolled.__wrapped__)
+    lowered = with_ynn.lower(*args)
+    lowered = getattr(lowered, "lowered", lowered)  # Equinox wraps JAX's `Lowered`
+    assert "__ynn_fusion" in lowered.compile().as_text()
