@@ -585,10 +585,11 @@ def _abstract_inputs(cfg, batch, seq, n_pos, task):
     return model, task, jax.eval_shape(build_sources)
 
 
-def _compiled_memory(fn, *args) -> dict[str, int]:
+def _compiled_memory(fn, *args, options=None) -> dict[str, int]:
     args = _abstract(args)
     dynamic, static = eqx.partition(args, _is_leaf_array)
-    compiled = jax.jit(lambda dyn: fn(*eqx.combine(dyn, static))).lower(dynamic).compile()
+    lowered = jax.jit(lambda dyn: fn(*eqx.combine(dyn, static))).lower(dynamic)
+    compiled = lowered.compile(options)
     stats = compiled.memory_analysis()
     out = {
         "arguments": int(stats.argument_size_in_bytes),
@@ -628,6 +629,7 @@ def xla_memory(
     lanes). `task`: a task (or its abstract shape) to use instead of tokens + a KL metric."""
     from . import _eap, _evaluators, _sp
     from ._graph import graph_of
+    from ._xla import compile_options
 
     model, task, sources = _abstract_inputs(cfg, batch, seq, n_pos, task)
     if algorithm == "acdc" and layers == "scan":
@@ -636,17 +638,22 @@ def xla_memory(
         clean = _sds((batch, cfg.graph_shape.n_src, seq, cfg.d_model)) if suffix else None
         vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
         stacked = jax.eval_shape(stack_blocks, model)
+        # The evaluators' undecorated functions, compiled with the engine's options (a nested
+        # jit may not carry compile options).
+        scan = _evaluators.evaluate_scan.__wrapped__
         return _compiled_memory(
-            lambda m, t, c, p, v, st, b: _evaluators.evaluate_scan(m, t, c, p, v, st, metric, b),
+            lambda m, t, c, p, v, st, b: scan(m, t, c, p, v, st, metric, b),
             model, task, sources, clean, vecs, _sds((), jnp.int32), stacked,
+            options=compile_options(),
         )  # fmt: skip
     if algorithm == "acdc":
         n = cfg.graph_shape.n_src if stage > 0 else 0  # the engine passes the whole buffer
         prefix = _sds((batch, n, seq, cfg.d_model))
         vecs = _sds((candidates, len(graph_of(cfg.graph_shape))))
+        unrolled = _evaluators.evaluate_unrolled.__wrapped__
         return _compiled_memory(
-            lambda m, t, c, p, v: _evaluators.evaluate_unrolled(m, t, c, p, v, stage, metric),
-            model, task, sources, prefix, vecs,
+            lambda m, t, c, p, v: unrolled(m, t, c, p, v, stage, metric),
+            model, task, sources, prefix, vecs, options=compile_options(),
         )  # fmt: skip
     if algorithm == "eap":
         return _compiled_memory(

@@ -510,10 +510,11 @@ class Transformer(eqx.Module):
         `first_layer` (static, default 0): scan only the layers from it on, reading the
         sources before it from `clean` without copying them (valid for stages at or after
         `2 * first_layer`; one compilation per `first_layer`). Not for models with
-        post-attention norms (Gemma-2). With `prefix_delta` (`clean - corrupted.resid`, at least
-        the sources before `first_layer`'s) and `prefix_csum` (the sum of `corrupted.resid` over the sources before
-        `first_layer`'s), a receiver mixes the prefix as `prefix_csum + sum_s m_s delta_s`: one
-        contraction instead of two, equal to rounding (both computed once per run by the
+        post-attention norms (Gemma-2). With `prefix_delta` (`clean - corrupted.resid`, at
+        least the sources before `first_layer`'s) and `prefix_csum` (the sum of
+        `corrupted.resid` over those sources), a receiver mixes the prefix as
+        `prefix_csum + sum_s m_s delta_s`: one contraction instead of two, equal to rounding
+        (both computed once per band by the
         caller)."""
         shape = self.graph_shape
         if clean.shape[0] != shape.n_src:

@@ -81,6 +81,41 @@ def test_discover_eap_switches_to_eap_ig_and_says_so(tmp_path, capsys, tracr_rev
     assert not (tmp_path / "l2").exists()
 
 
+def test_eap_on_ioi_switches_to_the_tasks_own_metric(ioi_bundle, capsys):
+    # IOI's default metric (KL to the model itself) is minimal at the full model: EAP's scores
+    # were noise (largest 4e-9). Without --metric, EAP runs with IOI's logit difference instead
+    # and says so in the result's note.
+    import argparse
+
+    from jacdc._eval import make_ablation
+
+    b = ioi_bundle
+    assert b.default_metric == "kl_div"
+    with pytest.raises(jacdc.VanishingGradientError):
+        jacdc.eap_scores(b.model, b.val, metric="kl_div")
+    args = argparse.Namespace(algorithm="eap", metric=None, devices=None, ig_steps=3)
+    ablation = make_ablation("corrupted", None, b.model, None)
+    graph = jacdc.graph_of(b.model.graph_shape)
+    scores, metric, algorithm, note = _cli._eap_metric_choice(
+        args, b, b.val, graph, lambda e: None, ablation
+    )
+    assert (metric, algorithm) == ("logit_diff", "eap")
+    assert "kl_div vanishes" in note and "logit_diff" in note
+    np.testing.assert_allclose(
+        scores, jacdc.eap_scores(b.model, b.val, metric="logit_diff"), rtol=1e-5, atol=1e-7
+    )
+    assert np.abs(scores).max() > 1e-4
+
+
+@pytest.mark.parametrize("algorithm", ["sp", "edge-pruning"])
+def test_training_shows_progress(algorithm, tmp_path, capsys):
+    out = tmp_path / algorithm
+    code, _, err = run(["discover", "tracr-reverse", "--algorithm", algorithm, "--steps", "12",
+                        "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert f"{algorithm} tracr-reverse" in err and "12/12" in err and "loss=" in err
+
+
 @pytest.mark.parametrize(
     "call",
     [
