@@ -85,6 +85,7 @@ REPO = HERE.parent
 RESULTS = HERE / "results" / "peers.json"
 sys.path.insert(0, str(HERE))
 import _results  # noqa: E402
+import startup  # noqa: E402  (its CLI runner)
 
 
 PAPER_TAUS = [float(t) for t in 10.0 ** np.linspace(-5, -1, 21)]
@@ -103,18 +104,8 @@ EDGE_BATCH, EDGE_SEQ = 10, 300
 # to save the probe's 17 full forwards.
 EDGE_TAU = 0.0035
 
-# A `jacdc` command line in this process, then JAX's work as one JSON line (as startup.py).
-JACDC_CLI = textwrap.dedent(
-    """
-    import json, sys
-    from jacdc import engine
-    stats = engine.compile_stats()
-    from jacdc._cli import main
-    code = main(sys.argv[1:])
-    print("STATS " + json.dumps(stats.as_dict()))
-    sys.exit(code)
-    """
-)
+# A `jacdc` command line in this process, then JAX's work as one JSON line.
+JACDC_CLI = startup.CLI
 
 # Row (b): the 84 runs through the Python API, one process (as startup.py's sweep84).
 JACDC_SWEEP_API = textwrap.dedent(
