@@ -590,13 +590,14 @@ def _fast_sweep(
     source_dtype=None,
     on_call=None,
     bands="auto",
+    tail="auto",
 ) -> list[ACDCResult]:
     shape = model.graph_shape
     graph = graph_of(shape)
     start = time.perf_counter()
     lanes = Evaluator(
         model, task, corrupted, metric, n_lanes, layers=layers, suffix=suffix, mesh=mesh,
-        source_dtype=source_dtype, on_call=on_call, bands=bands,
+        source_dtype=source_dtype, on_call=on_call, bands=bands, tail=tail,
     )  # fmt: skip
     # The full model's metric, through the same compiled evaluator the run uses.
     initial = float(lanes.evaluate(2 * shape.n_layers, np.ones((n_lanes, len(graph))), 1)[0])
@@ -680,6 +681,7 @@ def acdc_sweep(
     on_call: Callable[[int, float, int], None] | None = None,
     ablation=None,
     bands: bool | Literal["auto"] = "auto",
+    tail: int | Literal["auto"] = "auto",
 ) -> list[ACDCResult]:
     """ACDC at several thresholds. The fast engine runs them as one lock-step batch sharing
     every device call; the reference engine runs them one after another.
@@ -711,6 +713,9 @@ def acdc_sweep(
       layers on, reading earlier sources from the shared clean buffer instead of a copy per
       candidate (at most `2 + log2(n_layers)` compilations; see
       [`jacdc.engine.band_start`][]). `"auto"`: on when the copies would exceed 32 MiB.
+    - `tail`: with bands, the stages of the last `tail` layers each get their own small
+      unrolled evaluator ([`jacdc.engine.evaluate_suffix`][]: every receiver mixes exactly its
+      upstream sources). `"auto"`: 2. The decisions are the same for every value.
     - `on_call`: fast engine: called after every device call as
       `on_call(stage, seconds, candidates_used)` (for profiling; the benchmarks use it).
     - `progress`: called as `progress(tested, removed, current_metric)`.
@@ -729,7 +734,7 @@ def acdc_sweep(
     results = _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine,
                             candidates, suffix, progress, checkpoint, resume, stop_after_nodes,
                             max_tests, layers, mesh, source_dtype, on_call, corrupted,
-                            bands)  # fmt: skip
+                            bands, tail)  # fmt: skip
     for r in results:
         r.ablation = ab.kind
     return results
@@ -737,7 +742,7 @@ def acdc_sweep(
 
 def _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, engine, candidates,
                   suffix, progress, checkpoint, resume, stop_after_nodes, max_tests, layers, mesh,
-                  source_dtype, on_call, corrupted, bands="auto"):  # fmt: skip
+                  source_dtype, on_call, corrupted, bands="auto", tail="auto"):  # fmt: skip
     if engine == "reference":
         if resume is not None or checkpoint is not None:
             raise ValueError("Checkpoints are supported by the fast engine only.")
@@ -782,6 +787,7 @@ def _acdc_engines(model, task, thresholds, metric, zero_ablation, abs_value, eng
         source_dtype=source_dtype,
         on_call=on_call,
         bands=bands,
+        tail=tail,
     )
 
 

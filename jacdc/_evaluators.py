@@ -10,6 +10,9 @@ run while ACDC tests edges into a stage-`stage` receiver).
     serves every stage); the default.
 - [`evaluate_unrolled`][]: the unrolled forward, `stage` static (one compilation per stage);
     the reference path.
+- [`evaluate_suffix`][]: the unrolled forward from a static `stage` with every receiver mixing
+    exactly its upstream sources and the prefix shared ([`suffix_prefix`][]); the banded
+    engine's evaluator for the last layers' stages.
 - [`clean_sources`][], [`stacked_blocks`][]: the cached inputs (the clean run's source outputs,
     the block weights stacked over layers for the scan).
 - [`Evaluator`][]: what the engine holds between calls (the cached inputs, the lane sharding, the
@@ -114,6 +117,39 @@ def evaluate_scan(
     return jax.vmap(one)(masks)
 
 
+@backend_jit
+def evaluate_suffix(
+    model, task, corrupted, prefix, vecs: Float[Array, "lanes edges"], stage: int, metric: str
+) -> Float[Array, " lanes"]:
+    """[`evaluate_unrolled`][] through [`jacdc.models.Transformer.run_suffix`][]: `stage`
+    static (one compilation per stage), the prefix mixed from `prefix` ([`suffix_prefix`][] of
+    that stage: shared by every candidate, never copied) and every receiver contracting exactly
+    its upstream sources. The banded engine's evaluator for the last layers' stages."""
+    TRACE_COUNTS[("suffix", stage, vecs.shape)] += 1
+    graph = graph_of(model.graph_shape)
+    masks = graph.from_vector(vecs)
+    batch = task.clean.shape[0]
+
+    def one(mask):
+        # Broadcast over the examples, as in `evaluate_scan`: every mixing a batched matmul.
+        mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), mask)
+
+        def example(tokens, corr, pre, m):
+            return model.run_suffix(stage, tokens, m, corr, pre, None, task.logit_positions)
+
+        logits = jax.vmap(example)(task.clean, corrupted, prefix, mask)
+        return task.metrics[metric](logits)
+
+    return jax.vmap(one)(masks)
+
+
+@eqx.filter_jit
+def suffix_prefix(model, stage: int, clean, corrupted_resid, logit_positions):
+    """[`jacdc.models.Transformer.suffix_prefix`][] of `stage`, jitted (once per stage and
+    run): what [`evaluate_suffix`][] mixes the prefix from."""
+    return model.suffix_prefix(stage, clean, corrupted_resid, logit_positions)
+
+
 @eqx.filter_jit
 def stacked_blocks(model):
     """[`jacdc.models.stack_blocks`][], jitted (one device call): the block weights stacked
@@ -161,6 +197,10 @@ def band_start(n_layers: int, stage: int) -> int:
 _BAND_BYTES = 32 * 2**20
 
 
+# The last layers whose stages get their own unrolled evaluator (`Evaluator(tail=...)`).
+_TAIL_LAYERS = 2
+
+
 def auto_bands(cfg, n_lanes: int, batch: int, seq: int) -> bool:
     """`bands="auto"`'s choice: banded evaluators when the lanes' copies of the source buffer
     would exceed 32 MiB, for models without post-attention norms."""
@@ -187,6 +227,12 @@ class Evaluator:
         on, reading the earlier sources from the shared clean buffer (no copy per lane; the
         output receiver mixes only the metric's positions). `"auto"`: on when the lanes'
         source buffers would exceed 32 MiB and the model has no post-attention norms.
+    - `tail`: with bands, the stages of the last `tail` layers (and the output) use
+        [`evaluate_suffix`][] instead: one small unrolled evaluator per stage, each receiver
+        mixing exactly its upstream sources (the scan's first band layer mixes its own layer's
+        sources at weight zero, and copies the band's weights and sources per call). `"auto"`:
+        2 layers (5 more compilations for models with MLPs, each of at most two layers); 0:
+        none.
     - `on_call`: called after every [`evaluate`][] as `on_call(stage, seconds, n_used)`.
 
     `evaluator(stage, vecs)` returns the metric of each row as float64 NumPy;
@@ -198,6 +244,7 @@ class Evaluator:
         self, model, task, corrupted, metric: str, n_lanes: int, *, layers: str = "scan",
         suffix: bool = True, mesh=None, source_dtype=None,
         on_call: Callable[[int, float, int], None] | None = None, bands: bool | str = "auto",
+        tail: int | str = "auto",
     ):  # fmt: skip
         if layers not in ("scan", "unrolled"):
             raise ValueError(f"layers must be 'scan' or 'unrolled', got {layers!r}.")
@@ -212,6 +259,14 @@ class Evaluator:
         if bands == "auto":
             bands = auto_bands(cfg, n_lanes, task.batch, task.seq)
         self.bands = bool(bands) and layers == "scan" and suffix
+        if tail == "auto":
+            tail = _TAIL_LAYERS
+        if isinstance(tail, bool) or not isinstance(tail, int) or not 0 <= tail <= cfg.n_layers:
+            raise ValueError(
+                f"tail must be 'auto' or a layer count in [0, {cfg.n_layers}], got {tail!r}."
+            )
+        # The first stage served by `evaluate_suffix` (none past the output without bands).
+        self.tail_from = 2 * (cfg.n_layers - tail) if self.bands and tail else 2 * cfg.n_layers + 1
         if source_dtype is not None:
             corrupted = sources_to_dtype(corrupted, source_dtype)
         self.model, self.task, self.corrupted, self.metric = model, task, corrupted, metric
@@ -220,7 +275,7 @@ class Evaluator:
         self.source_dtype = source_dtype
         self.on_call = on_call
         self._clean = None
-        self._band = None  # (first layer, (delta, csum)) of the latest band
+        self._band = None  # (key, prefix) of the latest band or suffix stage
         self._stacked = stacked_blocks(model) if layers == "scan" else None
         self._stages: dict[int, jax.Array] = {}
         self._lane_sharding = None
@@ -247,13 +302,26 @@ class Evaluator:
         output), and holding one band's prefix costs at most one source buffer."""
         if first == 0:
             return None
-        if self._band is None or self._band[0] != first:
+        if self._band is None or self._band[0] != ("band", first):
             self._band = None  # free the previous band's buffer before making this one
             n0 = self.model.graph_shape.n_src_before_layer(first)
             delta = prefix_delta(self.clean(), self.corrupted.resid, n0)
             if self.source_dtype is not None:
                 delta = sources_to_dtype(delta, self.source_dtype)
-            self._band = (first, (delta, prefix_csum(self.corrupted.resid, n0)))
+            self._band = (("band", first), (delta, prefix_csum(self.corrupted.resid, n0)))
+        return self._band[1]
+
+    def _suffix_prefix(self, stage: int):
+        """The [`jacdc.models.SuffixPrefix`][] of `stage` for [`evaluate_suffix`][] (the latest
+        one kept, like a band's prefix)."""
+        if self._band is None or self._band[0] != ("suffix", stage):
+            self._band = None
+            pre = suffix_prefix(
+                self.model, stage, self.clean(), self.corrupted.resid, self.task.logit_positions
+            )
+            if self.source_dtype is not None:
+                pre = sources_to_dtype(pre, self.source_dtype)
+            self._band = (("suffix", stage), pre)
         return self._band[1]
 
     def _vecs(self, vecs):
@@ -278,6 +346,10 @@ class Evaluator:
         model, task = self.model, self.task
         if not self.suffix:
             stage = 0
+        if self.layers == "scan" and stage >= self.tail_from:
+            args = (model, task, self.corrupted, self._suffix_prefix(stage), self._vecs(vecs),
+                    stage, self.metric)  # fmt: skip
+            return evaluate_suffix, args
         if self.layers == "scan":
             clean = self.clean() if self.suffix else None
             args = (model, task, self.corrupted, clean, self._vecs(vecs), self._stage(stage),

@@ -5,7 +5,8 @@ Everything a benchmark needs besides the algorithms themselves (`jacdc.acdc_swee
 
 - **Compiled steps.** [`Evaluator`][] (the fast ACDC engine's device side: cached clean sources,
     one compiled evaluator; `evaluator(stage, vecs)`, `evaluator.lower(stage)`),
-    [`evaluate_scan`][], [`evaluate_unrolled`][], [`clean_sources`][], [`stacked_blocks`][];
+    [`evaluate_scan`][], [`evaluate_unrolled`][], [`evaluate_suffix`][] (with
+    [`suffix_prefix`][]), [`clean_sources`][], [`stacked_blocks`][];
     [`eap_gradient`][] (EAP's mask gradient at `alphas` points) and [`sp_train`][] (`n_steps` SP
     steps of a lambda sweep), jitted.
 - **Sizing.** [`auto_candidates`][] and [`forward_flops`][] (the engine's own heuristics); the
@@ -32,8 +33,10 @@ from ._evaluators import (
     band_start as band_start,
     clean_sources as clean_sources,
     evaluate_scan as evaluate_scan,
+    evaluate_suffix as evaluate_suffix,
     evaluate_unrolled as evaluate_unrolled,
     stacked_blocks as stacked_blocks,
+    suffix_prefix as suffix_prefix,
 )
 from ._floor import (
     edge_test_floor_flops as edge_test_floor_flops,

@@ -51,6 +51,7 @@ from ._transformer import (
     Block as Block,
     LayerNorm as LayerNorm,
     Sources as Sources,
+    SuffixPrefix as SuffixPrefix,
     Transformer as Transformer,
     clean_run as clean_run,
     corrupted_sources as corrupted_sources,

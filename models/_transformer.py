@@ -55,6 +55,27 @@ class Sources(eqx.Module):
     v: Float[Array, "*batch layer head seq d_head"]
 
 
+class SuffixPrefix(eqx.Module):
+    """What [`Transformer.run_suffix`][] reads of the sources before its stage, made once per
+    stage by [`Transformer.suffix_prefix`][] (for one sequence, or with leading batch axes):
+
+    - `delta`: `clean - corrupted` of the `n0` prefix sources `(n0, seq, d_model)`: those written
+        before `stage` (at stage 0 the embeddings); `None` at the output stage, where no layer
+        runs;
+    - `csum`: the sum of the corrupted prefix sources `(seq, d_model)` (`None` likewise);
+    - `out_delta`, `out_csum`: the same at the positions the metric reads (the output receiver
+        mixes only those);
+    - `groups`: the corrupted outputs of each recomputed source group (a layer's heads, an MLP),
+        in source order.
+    """
+
+    delta: Float[Array, "*batch n0 seq d_model"] | None
+    csum: Float[Array, "*batch seq d_model"] | None
+    out_delta: Float[Array, "*batch n0 p d_model"]
+    out_csum: Float[Array, "*batch p d_model"]
+    groups: tuple[Float[Array, "*batch _ seq d_model"], ...]
+
+
 class LayerNorm(eqx.Module):
     w: Float[Array, " d_model"]
     b: Float[Array, " d_model"]
@@ -537,6 +558,130 @@ class Transformer(eqx.Module):
         if not 0 <= stage <= 2 * L:
             raise ValueError(f"stage must lie in [0, {2 * L}], got {stage}.")
         return self.graph_shape.n_src_before_stage(stage)
+
+    def _suffix_groups(self, stage: int) -> list[tuple[int, int]]:
+        """`(first source, size)` of every source group [`run_suffix`][] recomputes from
+        `stage` on (a layer's heads, an MLP), in source order."""
+        shape, groups = self.graph_shape, []
+        for layer in range(stage // 2, self.cfg.n_layers):
+            if 2 * layer >= stage:
+                groups.append((shape.head_src(layer, 0), self.cfg.n_heads))
+            if self.cfg.has_mlp and 2 * layer + 1 >= stage:
+                groups.append((shape.mlp_src(layer), 1))
+        return groups
+
+    def suffix_prefix(
+        self,
+        stage: int,
+        clean: Float[Array, "*batch src seq d_model"],
+        corrupted: Float[Array, "*#batch src seq d_model"],
+        logit_positions: Int[Array, " p"] | None = None,
+    ) -> SuffixPrefix:
+        """The [`SuffixPrefix`][] of `stage` from the clean run's sources and the corrupted ones
+        (`Sources.resid`; leading batch axes allowed, `corrupted`'s broadcast to `clean`'s)."""
+        self._check_suffix_stage(stage)
+        n0 = self._suffix_n0(stage)
+        corrupted = jnp.broadcast_to(corrupted, clean.shape)
+        f32 = lambda a: a.astype(jnp.float32)
+        pick = (lambda a: a) if logit_positions is None else (lambda a: a[..., logit_positions, :])
+        c_pre = f32(corrupted[..., :n0, :, :])
+        out_delta = f32(pick(clean[..., :n0, :, :])) - pick(c_pre)
+        delta, csum = None, None
+        if stage < 2 * self.cfg.n_layers:
+            delta, csum = f32(clean[..., :n0, :, :]) - c_pre, c_pre.sum(-3)
+        groups = tuple(corrupted[..., g : g + k, :, :] for g, k in self._suffix_groups(stage))
+        return SuffixPrefix(delta, csum, out_delta, pick(c_pre.sum(-3)), groups)
+
+    def _suffix_n0(self, stage: int) -> int:
+        """The prefix of [`run_suffix`][] at `stage`: the sources written before it, and at
+        stage 0 the embeddings (whose clean values are the clean run's)."""
+        return max(self.graph_shape.n_src_before_stage(stage), self.graph_shape.n_embed)
+
+    def _check_suffix_stage(self, stage) -> None:
+        L = self.cfg.n_layers
+        if not isinstance(stage, int) or not 0 <= stage <= 2 * L:
+            raise ValueError(f"stage must be a Python int in [0, {2 * L}], got {stage!r}.")
+        if self.cfg.post_norms:
+            raise ValueError(
+                "run_suffix needs a model without post-attention norms (Gemma-2 normalises each "
+                "layer's heads together per receiver); use run_from or run_from_scan."
+            )
+
+    def run_suffix(
+        self,
+        stage: int,
+        tokens: Int[Array, " seq"],
+        mask: EdgeMask,
+        corrupted: Sources,
+        prefix: SuffixPrefix,
+        positions: Int[Array, " seq"] | None = None,
+        logit_positions: Int[Array, " p"] | None = None,
+    ) -> Float[Array, "p d_vocab_out"]:
+        """[`run_from`][] for a static `stage`, unrolled, with every receiver mixing exactly its
+        upstream sources: the prefix (the sources before `stage`, fixed at their clean values)
+        as `csum + sum_s m_s delta_s` from `prefix` ([`suffix_prefix`][] of the same stage and
+        `logit_positions`), and each recomputed group with its own contraction. The output
+        receiver mixes only `logit_positions`. Equal to [`run_from`][] up to rounding; no
+        post-attention norms (Gemma-2)."""
+        self._check_suffix_stage(stage)
+        cfg, shape = self.cfg, self.graph_shape
+        L, f32 = cfg.n_layers, jnp.float32
+        n0 = self._suffix_n0(stage)
+        want = (n0, len(self._suffix_groups(stage)), stage < 2 * L)
+        got = (prefix.out_delta.shape[0], len(prefix.groups), prefix.delta is not None)
+        if got != want:
+            raise ValueError(
+                f"This prefix (for {got[0]} prefix sources and {got[1]} source groups) was not "
+                f"made for stage {stage} (which needs {n0} and {want[1]}); pass "
+                f"`model.suffix_prefix({stage}, ...)` of one sequence."
+            )
+        if positions is None:
+            positions = jnp.arange(tokens.shape[0])
+        pos_qk, rope, windows = self._pos_qk(positions), self._rope(positions), cfg.windows()
+        pick = (lambda a: a) if logit_positions is None else (lambda a: a[:, logit_positions])
+        done = []  # (first source, online outputs, corrupted outputs) of each recomputed group
+        c_groups = iter(prefix.groups)
+
+        def read(m, n, bias, out=False):
+            """A receiver's input from its `n` upstream sources (mask rows `m`)."""
+            delta, csum = prefix.delta, prefix.csum
+            if out:
+                delta, csum = prefix.out_delta, prefix.out_csum
+            m_pre = m[..., :n0]
+            if n < n0:  # a parallel block's MLP at its own stage: its layer's heads not upstream
+                m_pre = jnp.where(jnp.arange(n0) < n, m_pre, 0.0)
+                csum = csum - corrupted.resid[n:n0].astype(f32).sum(0)
+            x = jnp.einsum("...n,nsd->...sd", m_pre, delta.astype(f32)) + csum
+            for g, on, co in done:
+                if g >= n:
+                    break
+                if out:
+                    on, co = pick(on), pick(co)
+                x = x + _mix(m[..., g : g + on.shape[0]], on, co.astype(f32))
+            return x + bias
+
+        bias = jnp.zeros((cfg.d_model,), f32)
+        for blk in self.blocks[: stage // 2]:
+            bias = bias + blk.b_o
+        for layer in range(stage // 2, L):
+            blk = self.blocks[layer]
+            if 2 * layer >= stage:
+                n = shape.n_src_before_layer(layer)
+                m_qkv = jnp.stack([mask.q[layer], mask.k[layer], mask.v[layer]])
+                x = read(m_qkv, n, bias)
+                c = corrupted
+                result, _, _, _ = _heads(
+                    cfg, blk, x, mask.direct[layer], c.q[layer], c.k[layer], c.v[layer], pos_qk,
+                    rope, windows[layer],
+                )  # fmt: skip
+                done.append((n, result, next(c_groups)))
+            bias_before, bias = bias, bias + blk.b_o
+            if cfg.has_mlp and 2 * layer + 1 >= stage:
+                n = shape.n_src_before_mlp(layer)
+                x = read(mask.mlp[layer], n, bias_before if cfg.parallel_attn_mlp else bias)
+                done.append((shape.mlp_src(layer), _mlp(cfg, blk, x)[None], next(c_groups)))
+        x = read(mask.out, shape.n_src, bias, out=True)
+        return self._unembed(x, None)
 
     def _rope(self, positions):
         """`(cos, sin)` tables `(seq, rot_dim)` of the rotary embedding, or `None`."""

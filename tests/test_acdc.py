@@ -351,10 +351,18 @@ def test_banded_evaluators_one_compilation_per_band():
     assert [engine.band_start(12, s) for s in (24, 23, 22, 20, 18, 16, 14, 8, 0)] == [
         12, 11, 11, 10, 8, 8, 4, 4, 0,
     ]  # fmt: skip
-    _acdc.TRACE_COUNTS.clear()
-    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=4, bands=True)
     n_edges = len(jacdc.graph_of(model.graph_shape))
+    _acdc.TRACE_COUNTS.clear()
+    jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=4, bands=True, tail=0)
     assert dict(_acdc.TRACE_COUNTS) == {("scan", (4, n_edges), False, b): 1 for b in range(L + 1)}
+    # The default: the last two layers' stages (and the output) get one unrolled evaluator
+    # each; the earlier ones keep their band (layer 0's: stages 0 and 1).
+    _acdc.TRACE_COUNTS.clear()
+    results = jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=4, bands=True)
+    stages = {engine.edge_test_stages(model.graph_shape)[e["edge"]] for e in results[0].log}
+    assert stages == set(range(2 * L + 1))  # every stage is tested
+    # (band 0's evaluator, compiled by the first sweep, is not traced again)
+    assert dict(_acdc.TRACE_COUNTS) == {("suffix", s, (4, n_edges)): 1 for s in range(2, 2 * L + 1)}
 
 
 @pytest.mark.unchecked  # the error users get
@@ -381,10 +389,8 @@ def test_evaluators_compile_without_ynn_fusions_on_cpu(layers, bands, monkeypatc
     ev = engine.Evaluator(model, task, corrupted, "kl_div", 2, layers=layers, bands=bands)
     assert "__ynn_fusion" not in ev.lower(3).compile().as_text()
     monkeypatch.setenv("JACDC_CPU_YNN", "1")
-    with_ynn = _xla.backend_jit(engine.evaluate_scan.__wrapped__)
-    fn, args = ev.arguments(3)
-    if fn is not engine.evaluate_scan:
-        with_ynn = _xla.backend_jit(engine.evaluate_unrolled.__wrapped__)
+    fn, args = ev.arguments(3)  # with bands: the tail's evaluator (`evaluate_suffix`)
+    with_ynn = _xla.backend_jit(fn.__wrapped__)
     lowered = with_ynn.lower(*args)
     lowered = getattr(lowered, "lowered", lowered)  # Equinox wraps JAX's `Lowered`
     assert "__ynn_fusion" in lowered.compile().as_text()

@@ -99,7 +99,15 @@ def test_run_from_scan_equals_run_from_at_every_stage(name):
         longer = jax.vmap(ref, in_axes=(0, None, 0, 0))(clean, mask, corrupted, buffer)
         np.testing.assert_array_equal(longer, want)
         if model.cfg.post_norms:
+            with pytest.raises(ValueError, match="post-attention norms"):
+                model.suffix_prefix(stage, buffer, corrupted.resid, positions)
             continue
+        # The static-stage suffix (every receiver mixing exactly its upstream sources).
+        pre = model.suffix_prefix(stage, buffer, corrupted.resid, positions)
+        got = jax.vmap(lambda t, c, p: model.run_suffix(stage, t, mask, c, p, None, positions))(
+            clean, corrupted, pre
+        )
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=f"suffix {stage}")
         # Banded: the scan from the stage's own layer on (the prefix read from the buffer);
         # with the prefix mixed from the clean buffer at two stages, in one contraction at all.
         first = stage // 2
@@ -204,3 +212,8 @@ def test_bad_layers_and_buffer_errors():
         model.run_from_scan(2, clean[0], full, one, buffer, first_layer=3)
     with pytest.raises(ValueError, match="Stage 2 needs the outputs of 4 sources, got 2"):
         model.run_from(2, clean[0], full, one, buffer[:2])
+    pre = jax.tree.map(lambda x: x[0], model.suffix_prefix(4, buffer[None], one.resid[None]))
+    with pytest.raises(ValueError, match=r"not made for stage 2 \(which needs 4 and 2\)"):
+        model.run_suffix(2, clean[0], full, one, pre)
+    with pytest.raises(ValueError, match="stage must be a Python int in"):
+        model.run_suffix(jnp.int32(2), clean[0], full, one, pre)
