@@ -7,12 +7,14 @@ attention-only, 10 x 300, KL at 150 positions per example). Writes
 `--ynn` compiles the evaluators with XLA:CPU's YNNPACK fusions (XLA's default; jacdc turns them
 off on CPU, `jacdc/_xla.py`): run once with and once without to compare.
 
-Each row: `jacdc.engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=...)`, warm
-(one call first), best of `--reps` calls of all-ones candidates; seconds per call and per edge
-test (per candidate). The machine may be shared: the load average is recorded.
+Each row: `jacdc.engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=..., tail=...)`,
+warm (one call first), best of `--reps` calls of all-ones candidates; seconds per call and per
+edge test (per candidate). Variants: unbanded (1 candidate), and banded with `--tails` (0: the
+banded scan at every stage; `auto`: the last two layers' stages through `evaluate_suffix`) for
+each of `--lanes`. The machine may be shared: the load average is recorded.
 
 Usage: `python benchmarks/evaluator_calls.py [--workload gpt2|induction] [--stages 24,21]
-[--lanes 1,4,16] [--reps 3] [--ynn] [--out F]`.
+[--lanes 1,4,16] [--tails 0,auto] [--reps 3] [--ynn] [--out F]`.
 """
 
 import argparse
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=None, help="default: 24,21 (gpt2), 4,2,0 (induction)")
     p.add_argument("--ynn", action="store_true", help="keep XLA:CPU's YNNPACK fusions")
     p.add_argument("--lanes", default="1,4,16")
+    p.add_argument("--tails", default="0,auto", help="banded variants' `tail` values")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -66,9 +69,10 @@ def main(argv=None) -> int:
     stages = [int(s) for s in (args.stages or default_stages).split(",")]
     doc = dict(_results.header("benchmarks/evaluator_calls.py"), rows=[], workload=workload,
                ynn=bool(args.ynn))  # fmt: skip
-    variants = [(False, 1)] + [(True, int(n)) for n in args.lanes.split(",")]
-    for bands, lanes in variants:
-        ev = engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=bands)
+    tails = [t if t == "auto" else int(t) for t in args.tails.split(",")]
+    variants = [(False, 1, 0)] + [(True, int(n), t) for t in tails for n in args.lanes.split(",")]
+    for bands, lanes, tail in variants:
+        ev = engine.Evaluator(model, task, corrupted, "kl_div", lanes, bands=bands, tail=tail)
         vecs = np.ones((lanes, ev.n_edges), np.float32)
         for stage in stages:
             ev(stage, vecs)  # compile
@@ -78,11 +82,12 @@ def main(argv=None) -> int:
                 ev(stage, vecs)
                 times.append(time.perf_counter() - t)
             best = min(times)
-            row = {"bands": bands, "candidates": lanes, "stage": stage, "s_per_call": best,
-                   "s_per_test": best / lanes}  # fmt: skip
+            fn = ev.arguments(stage)[0].__name__
+            row = {"bands": bands, "tail": tail, "evaluator": fn, "candidates": lanes,
+                   "stage": stage, "s_per_call": best, "s_per_test": best / lanes}  # fmt: skip
             doc["rows"].append(row)
-            print(f"bands={bands} candidates={lanes} stage {stage}: {best:.3f} s/call, "
-                  f"{best / lanes:.4f} s/test", flush=True)  # fmt: skip
+            print(f"bands={bands} tail={tail} candidates={lanes} stage {stage} ({fn}): "
+                  f"{best:.3f} s/call, {best / lanes:.4f} s/test", flush=True)  # fmt: skip
     _results.write(doc, args.out)
     return 0
 

@@ -260,7 +260,7 @@ class Evaluator:
             bands = auto_bands(cfg, n_lanes, task.batch, task.seq)
         self.bands = bool(bands) and layers == "scan" and suffix
         if tail == "auto":
-            tail = _TAIL_LAYERS
+            tail = min(_TAIL_LAYERS, cfg.n_layers)
         if isinstance(tail, bool) or not isinstance(tail, int) or not 0 <= tail <= cfg.n_layers:
             raise ValueError(
                 f"tail must be 'auto' or a layer count in [0, {cfg.n_layers}], got {tail!r}."

@@ -352,6 +352,8 @@ def test_banded_evaluators_one_compilation_per_band():
         12, 11, 11, 10, 8, 8, 4, 4, 0,
     ]  # fmt: skip
     n_edges = len(jacdc.graph_of(model.graph_shape))
+    with pytest.raises(ValueError, match=r"a layer count in \[0, 3\], got 4"):
+        engine.Evaluator(model, task, None, "kl_div", 4, bands=True, tail=4)
     _acdc.TRACE_COUNTS.clear()
     jacdc.acdc_sweep(model, task, [1e-3, 1e-2], metric="kl_div", candidates=4, bands=True, tail=0)
     assert dict(_acdc.TRACE_COUNTS) == {("scan", (4, n_edges), False, b): 1 for b in range(L + 1)}

@@ -117,6 +117,10 @@ def test_discover_ioi_from_a_gpt2_checkpoint_folder(tmp_path, capsys):
             "--out",
             str(tmp_path / "run"),
             "--no-progress",
+            "--n-val",
+            "20",
+            "--n-test",
+            "20",
         ]
     )
     out, err = capsys.readouterr()
@@ -127,7 +131,8 @@ def test_discover_ioi_from_a_gpt2_checkpoint_folder(tmp_path, capsys):
     )
     assert {"kl_div", "logit_diff"} <= set(doc["metrics"]["test"])
     assert doc["hyperparameters"]["task_data"] == "paper"  # the original's prompts by default
-    argv = ["discover", "ioi", "--weights", str(tmp_path / "gpt2"), "--algorithm", "eap"]
+    argv = ["discover", "ioi", "--weights", str(tmp_path / "gpt2"), "--algorithm", "eap",
+            "--n-val", "20", "--n-test", "20"]  # fmt: skip
     code = _cli.main(argv + ["--data", "jacdc", "--out", str(tmp_path / "eap"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     doc = _results.read_result(tmp_path / "eap" / "result.json")

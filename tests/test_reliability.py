@@ -81,15 +81,16 @@ def test_discover_eap_switches_to_eap_ig_and_says_so(tmp_path, capsys, tracr_rev
     assert not (tmp_path / "l2").exists()
 
 
-def test_eap_on_ioi_switches_to_the_tasks_own_metric(ioi_bundle, capsys):
+def test_eap_on_ioi_switches_to_the_tasks_own_metric(gpt2_vocab_model, gpt2_tok):
     # IOI's default metric (KL to the model itself) is minimal at the full model: EAP's scores
     # were noise (largest 4e-9). Without --metric, EAP runs with IOI's logit difference instead
     # and says so in the result's note.
     import argparse
 
     from jacdc._eval import make_ablation
+    from jacdc.tasks import load_task
 
-    b = ioi_bundle
+    b = load_task("ioi", model=gpt2_vocab_model, tokenizer=gpt2_tok, n_val=20, n_test=10)
     assert b.default_metric == "kl_div"
     with pytest.raises(jacdc.VanishingGradientError):
         jacdc.eap_scores(b.model, b.val, metric="kl_div")
