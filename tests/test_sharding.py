@@ -75,6 +75,11 @@ EIGHT_DEVICES = textwrap.dedent(
         "n_edges": [a.n_edges for a in one],
         "n_removed": [sum(r["removed"] for r in a.log) for a in one],
     }
+    # Banded, with the tail's per-stage evaluators (what large models run), on the same mesh.
+    banded = sh.sharded_acdc_sweep(model, task, taus, metric="kl_div", mesh=mesh, candidates=8,
+                                   bands=True)
+    out["acdc"]["banded_same_decisions"] = [a.decisions == b.decisions
+                                            for a, b in zip(one, banded)]
 
     # EAP: the batch over all 8 devices; logit difference (KL has zero gradient at the clean
     # model).
@@ -125,6 +130,7 @@ def test_acdc_on_8_devices_equals_one(eight_device_results):
     r = eight_device_results["acdc"]
     assert r["mesh"] == {"batch": 4, "lane": 2}
     assert all(r["same_decisions"]) and all(r["same_present"])
+    assert all(r["banded_same_decisions"]) and len(r["banded_same_decisions"]) == 3
     assert r["metric_diff"] < 1e-5 and r["delta_diff"] < 1e-5
     assert any(r["n_removed"]) and any(n > 0 for n in r["n_edges"])  # a non-trivial run
 
