@@ -47,6 +47,7 @@ from ._patching import (
     mean_sources as mean_sources,
     metric_of_mask as metric_of_mask,
     metric_value as metric_value,
+    metrics_of_masks as metrics_of_masks,
 )
 from ._precision import (
     PRECISIONS as PRECISIONS,

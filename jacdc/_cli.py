@@ -721,6 +721,9 @@ def _result_metrics(bundle, task, present, args, graph, ablation) -> dict:
     """The same metrics block for every algorithm: the circuit's value of every metric of the
     task on the validation split (the data it was found on) and, without --dataset, on the
     test split; the full model's values beside them. Non-finite values are errors."""
+    import jax
+    import jax.numpy as jnp
+
     import jacdc
 
     mask = graph.from_vector(np.asarray(present, np.float32))
@@ -729,13 +732,15 @@ def _result_metrics(bundle, task, present, args, graph, ablation) -> dict:
         splits["test"] = bundle.test
     out: dict = {}
     full = jacdc.EdgeMask.full(bundle.model.graph_shape)
+    # The circuit and the full model, every metric, in one call per split.
+    both = jax.tree.map(lambda c, f: jnp.stack([jnp.asarray(c, f.dtype), f]), mask, full)
     for split, data in splits.items():
         corrupted = jacdc.ablation_sources(bundle.model, data, ablation=ablation)
         out[split] = {}
         out.setdefault("full_model", {})[split] = {}
+        values = jacdc.metrics_of_masks(bundle.model, data, both, corrupted)
         for name in sorted(data.metrics):
-            value = float(jacdc.metric_of_mask(bundle.model, data, mask, corrupted, name))
-            base = float(jacdc.metric_of_mask(bundle.model, data, full, corrupted, name))
+            value, base = (float(v) for v in np.asarray(values[name], np.float64))
             for v, what in ((value, "the circuit"), (base, "the full model")):
                 if not math.isfinite(v):
                     raise CLIError(

@@ -203,3 +203,16 @@ def metric_value(model, task, mask: EdgeMask, corrupted, metric: str) -> Float[A
 def metric_of_mask(model, task, mask: EdgeMask, corrupted, metric: str) -> Float[Array, ""]:
     """Jitted [`metric_value`][]: one compilation per model/task shape and metric name."""
     return metric_value(model, task, mask, corrupted, metric)
+
+
+@eqx.filter_jit
+def metrics_of_masks(model, task, masks: EdgeMask, corrupted) -> dict[str, Float[Array, " m"]]:
+    """Every metric of `task` (by name) for each circuit of `masks` (an [`EdgeMask`][] with one
+    leading axis): one compilation per model/task shape, one forward per mask for all the
+    metrics. What result files record (values equal [`metric_of_mask`][]'s to rounding)."""
+
+    def one(mask):
+        logits = masked_logits(model, task, mask, corrupted)
+        return {name: fn(logits) for name, fn in task.metrics.items()}
+
+    return jax.vmap(one)(masks)

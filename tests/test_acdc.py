@@ -179,6 +179,21 @@ def test_full_circuit_has_zero_kl(arch, zero_ablation):
     assert float(jacdc.metric_of_mask(model, task, empty, corrupted, "kl_div")) > 1e-4
 
 
+def test_metrics_of_masks_equal_metric_of_mask():
+    # What result files record: every metric of several circuits in one call.
+    model, task = make_task(CONFIGS["gpt2-like"])
+    graph = jacdc.graph_of(model.graph_shape)
+    rng = np.random.default_rng(4)
+    vecs = (rng.random((3, len(graph))) < 0.5).astype(np.float32)
+    corrupted = jacdc.ablation_sources(model, task, False)
+    got = jacdc.metrics_of_masks(model, task, graph.from_vector(jnp.asarray(vecs)), corrupted)
+    assert set(got) == set(task.metrics) and got["kl_div"].shape == (3,)
+    for i, v in enumerate(vecs):
+        want = float(jacdc.metric_of_mask(model, task, graph.from_vector(v), corrupted, "kl_div"))
+        np.testing.assert_allclose(float(got["kl_div"][i]), want, rtol=1e-6, atol=1e-9)
+    assert len({float(x) for x in got["kl_div"]}) == 3  # three different circuits
+
+
 @pytest.mark.parametrize("layers", ["scan", "unrolled"])
 def test_one_compilation_per_input_shape(layers):
     model, task = make_task(CONFIGS["gpt2-like"], key=6)
