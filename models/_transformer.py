@@ -585,12 +585,13 @@ class Transformer(eqx.Module):
         f32 = lambda a: a.astype(jnp.float32)
         pick = (lambda a: a) if logit_positions is None else (lambda a: a[..., logit_positions, :])
         c_pre = f32(corrupted[..., :n0, :, :])
+        c_sum = c_pre.sum(-3)
         out_delta = f32(pick(clean[..., :n0, :, :])) - pick(c_pre)
         delta, csum = None, None
-        if stage < 2 * self.cfg.n_layers:
-            delta, csum = f32(clean[..., :n0, :, :]) - c_pre, c_pre.sum(-3)
+        if stage < 2 * self.cfg.n_layers:  # some layer runs: the whole positions are needed
+            delta, csum = f32(clean[..., :n0, :, :]) - c_pre, c_sum
         groups = tuple(corrupted[..., g : g + k, :, :] for g, k in self._suffix_groups(stage))
-        return SuffixPrefix(delta, csum, out_delta, pick(c_pre.sum(-3)), groups)
+        return SuffixPrefix(delta, csum, out_delta, pick(c_sum), groups)
 
     def _suffix_n0(self, stage: int) -> int:
         """The prefix of [`run_suffix`][] at `stage`: the sources written before it, and at
